@@ -1,0 +1,181 @@
+"""Direction probabilities, inference requests (agents -> inference) and forecasts (inference -> users)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas import fields as f
+from schemas.codec import parse_object
+from schemas.errors import SchemaError
+
+DIRECTIONS: tuple[str, ...] = ("up", "down", "flat")
+MAX_PROMPT_CHARS = 64_000
+Trigger = Literal["cadence", "news"]
+Status = Literal["ok", "expired", "llm_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Probs:
+    """Probabilities of the three directions; they sum to 1."""
+
+    p_up: float
+    p_down: float
+    p_flat: float
+
+    @classmethod
+    def normalised(cls, p_up: float, p_down: float, p_flat: float) -> Probs:
+        total = p_up + p_down + p_flat
+        if not total > 0:
+            raise SchemaError("bad_probability", "probabilities sum to zero")
+        return cls(p_up / total, p_down / total, p_flat / total)
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Probs:
+        if not isinstance(obj, dict):
+            raise SchemaError("bad_type", "probabilities must be an object")
+        probs = [f.probability(obj, name) for name in ("p_up", "p_down", "p_flat")]
+        if abs(sum(probs) - 1.0) > 1e-6:
+            raise SchemaError("bad_probability", f"probabilities sum to {sum(probs)}, not 1")
+        return cls(*probs)
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.p_up, self.p_down, self.p_flat)
+
+    @property
+    def direction(self) -> str:
+        """The most probable direction; ties go to flat, then up."""
+        order = sorted(zip(self.as_tuple(), (1, 0, 2), DIRECTIONS), reverse=True)
+        return order[0][2]
+
+
+def forecast_id(symbol: str, ts_ns: int, trigger: str, news_id: str | None = None) -> str:
+    """Deterministic id: the same trigger always yields the same forecast id."""
+    key = f"{symbol}|{ts_ns}|{trigger}|{news_id or ''}".encode()
+    return hashlib.blake2b(key, digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """What the agents send the inference worker when a trigger fires."""
+
+    id: str
+    symbol: str
+    ts_ns: int
+    horizon_s: int
+    trigger: Trigger
+    prompt: str
+    numeric: Probs
+    news_ids: tuple[str, ...]
+    adapter: str | None
+    ingest_wall_ns: int
+    created_wall_ns: int
+    deadline_wall_ns: int
+    features: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> InferenceRequest:
+        return cls(
+            f.identifier(obj, "id"), f.symbol(obj), f.timestamp_ns(obj), _horizon(obj),
+            _trigger(obj), f.text(obj, "prompt", MAX_PROMPT_CHARS), Probs.from_obj(obj.get("numeric")),
+            _ids(obj, "news_ids"), _adapter(obj), f.integer(obj, "ingest_wall_ns"),
+            f.integer(obj, "created_wall_ns"), f.integer(obj, "deadline_wall_ns"), _features(obj))
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    id: str
+    symbol: str
+    ts_ns: int
+    horizon_s: int
+    p_up: float
+    p_down: float
+    p_flat: float
+    direction: str
+    trigger: Trigger
+    status: Status
+    numeric: Probs
+    llm: Probs | None
+    news_ids: tuple[str, ...]
+    model: str
+    adapter: str | None
+    latency: Latency
+    published_wall_ns: int
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> Forecast:
+        fused = Probs.from_obj(obj)
+        llm = obj.get("llm")
+        lat = obj.get("latency")
+        if not isinstance(lat, dict):
+            raise SchemaError("bad_type", "latency must be an object")
+        return cls(
+            f.identifier(obj, "id"), f.symbol(obj), f.timestamp_ns(obj), _horizon(obj),
+            *fused.as_tuple(), _direction(obj), _trigger(obj), _status(obj), Probs.from_obj(obj.get("numeric")),
+            None if llm is None else Probs.from_obj(llm), _ids(obj, "news_ids"),
+            f.text(obj, "model", f.MAX_ID_CHARS), _adapter(obj),
+            Latency(*(f.number(lat, k) for k in ("queue_ms", "inference_ms", "total_ms"))),
+            f.integer(obj, "published_wall_ns"))
+
+    @property
+    def probs(self) -> Probs:
+        return Probs(self.p_up, self.p_down, self.p_flat)
+
+
+def _horizon(obj: dict[str, Any]) -> int:
+    value = f.integer(obj, "horizon_s")
+    if value <= 0:
+        raise SchemaError("bad_horizon", f"horizon_s must be > 0, got {value}")
+    return value
+
+
+def _choice(obj: dict[str, Any], name: str, allowed: tuple[str, ...]) -> Any:
+    value = f.require(obj, name)
+    if value not in allowed:
+        raise SchemaError(f"bad_{name}", f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _trigger(obj: dict[str, Any]) -> Trigger:
+    return _choice(obj, "trigger", ("cadence", "news"))
+
+
+def _status(obj: dict[str, Any]) -> Status:
+    return _choice(obj, "status", ("ok", "expired", "llm_error"))
+
+
+def _direction(obj: dict[str, Any]) -> str:
+    return _choice(obj, "direction", DIRECTIONS)
+
+
+def _adapter(obj: dict[str, Any]) -> str | None:
+    return None if obj.get("adapter") is None else f.identifier(obj, "adapter")
+
+
+def _ids(obj: dict[str, Any], name: str) -> tuple[str, ...]:
+    raw = obj.get(name, [])
+    if not isinstance(raw, list):
+        raise SchemaError("bad_type", f"{name} must be a list")
+    return tuple(f.identifier({"id": item}, "id") for item in raw)
+
+
+def _features(obj: dict[str, Any]) -> dict[str, float]:
+    raw = obj.get("features", {})
+    if not isinstance(raw, dict):
+        raise SchemaError("bad_type", "features must be an object")
+    return {str(k): f.number(raw, k) for k in raw}
+
+
+def decode_request(data: bytes) -> InferenceRequest:
+    return InferenceRequest.from_obj(parse_object(data))
+
+
+def decode_forecast(data: bytes) -> Forecast:
+    return Forecast.from_obj(parse_object(data))
