@@ -1,0 +1,38 @@
+"""Engine settings, validated once at construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Sizes of the KV pool, the per-step budget and the adapter slots.
+
+    `max_num_batched_tokens` is the token budget of one step (prefill chunks and
+    decodes together); `starvation_timeout_s` is how long a request may wait before
+    it jumps ahead of earlier deadlines.
+    """
+
+    block_size: int = 16
+    num_blocks: int = 512
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 64
+    max_adapter_slots: int = 8
+    max_lora_rank: int = 64
+    starvation_timeout_s: float = 5.0
+    enable_prefix_caching: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "num_blocks", "max_num_batched_tokens",
+                     "max_num_seqs", "max_adapter_slots", "max_lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.starvation_timeout_s <= 0:
+            raise ValueError("EngineConfig.starvation_timeout_s must be > 0")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"EngineConfig.dtype must be float32/float16/bfloat16, got {self.dtype}")
+
+    @property
+    def max_cached_tokens(self) -> int:
+        return self.block_size * self.num_blocks
