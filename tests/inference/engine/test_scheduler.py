@@ -1,0 +1,144 @@
+import random
+
+from inference.engine.config import EngineConfig
+from inference.engine.scheduler import Scheduler, SchedulerOutput, StepResult
+from inference.engine.sequence import Request, RequestKind, RequestStatus
+
+S = 1_000_000_000
+
+
+def score(rid, n, arrival_ns=0, deadline_ns=None, adapter=None):
+    return Request(rid, list(range(n)), RequestKind.SCORE, arrival_ns, adapter=adapter,
+                   deadline_ns=deadline_ns, label_token_ids=(1, 2))
+
+
+def generate(rid, n, max_new, arrival_ns=0, deadline_ns=None):
+    return Request(rid, list(range(n)), RequestKind.GENERATE, arrival_ns,
+                   deadline_ns=deadline_ns, max_new_tokens=max_new)
+
+
+def fake_results(out: SchedulerOutput) -> dict[str, StepResult]:
+    """Stand-in model output: label logits for scores, token 7 for generations."""
+    results = {}
+    for chunk in out.chunks:
+        if chunk.completes_sequence:
+            rid = chunk.request.request_id
+            results[rid] = StepResult(rid, next_token_id=7, label_logits=(0.0, 1.0))
+    return results
+
+
+def step(sched: Scheduler, now_ns: int = 0):
+    out = sched.schedule(now_ns)
+    finished = sched.update(out, fake_results(out), now_ns)
+    return out, finished
+
+
+def test_long_prompt_is_prefilled_in_chunks_under_the_budget():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=16, max_num_batched_tokens=8))
+    sched.add(score("a", 20))
+    sizes = []
+    while sched.has_unfinished():
+        out, finished = step(sched)
+        sizes.append([(c.start, c.num_new_tokens) for c in out.chunks])
+    assert sizes == [[(0, 8)], [(8, 8)], [(16, 4)]]
+    assert sched.block_manager.pool.num_free == 16
+
+
+def test_requests_join_and_leave_the_batch_every_step():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=16, max_num_batched_tokens=6))
+    sched.add(generate("g", 3, max_new=3))
+    out, _ = step(sched)
+    sched.add(score("s", 4))
+    out, _ = step(sched)  # g decodes one token, s prefills 4 of its tokens (budget 6)
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("g", 1), ("s", 4)]
+    out, finished = step(sched)
+    assert [r.request_id for r in finished] == ["g"]
+    assert finished[0].output_token_ids == [7, 7, 7]
+
+
+def test_earliest_deadline_first_and_starvation_guard():
+    config = EngineConfig(block_size=4, num_blocks=16, max_num_seqs=1, starvation_timeout_s=5)
+    sched = Scheduler(config)
+    sched.add(score("late", 4, arrival_ns=0, deadline_ns=100 * S))
+    sched.add(score("soon", 4, arrival_ns=1, deadline_ns=50 * S))
+    sched.add(score("none", 4, arrival_ns=2))
+    order = [step(sched, now_ns=1 * S)[1][0].request_id for _ in range(3)]
+    assert order == ["soon", "late", "none"]
+    sched.add(score("old", 4, arrival_ns=0))
+    sched.add(score("urgent", 4, arrival_ns=9 * S, deadline_ns=60 * S))
+    assert step(sched, now_ns=10 * S)[1][0].request_id == "old"  # waited 10 s > 5 s guard
+
+
+def test_expired_requests_are_answered_not_run():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=16, max_num_batched_tokens=8))
+    sched.add(score("past", 4, deadline_ns=5 * S))
+    sched.add(score("too_long", 20, deadline_ns=12 * S))  # needs 3 steps of 1 s
+    sched.add(score("fine", 4, deadline_ns=12 * S))
+    out = sched.schedule(now_ns=10 * S, step_time_ns=1 * S)
+    assert sorted(r.request_id for r in out.expired) == ["past", "too_long"]
+    assert [c.request.request_id for c in out.chunks] == ["fine"]
+    assert all(r.status is RequestStatus.EXPIRED for r in out.expired)
+
+
+def test_running_request_past_its_deadline_is_expired_and_its_blocks_freed():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=16, max_num_batched_tokens=4))
+    sched.add(score("a", 12, deadline_ns=2 * S))
+    step(sched, now_ns=1 * S)
+    out = sched.schedule(now_ns=3 * S)
+    assert [r.request_id for r in out.expired] == ["a"] and not out.chunks
+    assert sched.block_manager.pool.num_free == 16
+
+
+def test_preemption_by_recompute_when_blocks_run_out():
+    sched = Scheduler(EngineConfig(block_size=2, num_blocks=4, max_num_batched_tokens=16))
+    sched.add(generate("a", 3, max_new=4, arrival_ns=0, deadline_ns=10 * S))
+    sched.add(generate("b", 3, max_new=4, arrival_ns=1, deadline_ns=20 * S))
+    preempted, finished = [], []
+    for _ in range(20):
+        out, done = step(sched)
+        preempted += [r.request_id for r in out.preempted]
+        finished += [r.request_id for r in done]
+        if not sched.has_unfinished():
+            break
+    assert preempted and preempted[0] == "b"  # the later deadline gives way
+    assert finished == ["a", "b"]
+    assert sched.block_manager.pool.num_free == 4
+
+
+def test_adapter_slots_bound_the_distinct_adapters_in_a_batch():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=32, max_adapter_slots=2))
+    for i, adapter in enumerate(["x", "y", "z", "x", None]):
+        sched.add(score(f"r{i}", 4, arrival_ns=i, adapter=adapter))
+    out = sched.schedule(0)
+    assert [c.request.request_id for c in out.chunks] == ["r0", "r1", "r3", "r4"]
+    assert out.adapters == {"x", "y"}
+
+
+def test_fuzz_random_requests_and_aborts_never_hang_and_free_every_block():
+    rng = random.Random(1)
+    config = EngineConfig(block_size=4, num_blocks=24, max_num_batched_tokens=32,
+                          max_num_seqs=8, max_adapter_slots=2)
+    sched = Scheduler(config)
+    live: dict[str, Request] = {}
+    for i in range(2000):
+        kind = rng.random()
+        tokens = [rng.randrange(3) for _ in range(rng.randrange(1, 30))]
+        adapter = rng.choice([None, "x", "y", "z"])
+        if kind < 0.5:
+            request = Request(str(i), tokens, RequestKind.SCORE, i, adapter=adapter, label_token_ids=(1,))
+        else:
+            request = Request(str(i), tokens, RequestKind.GENERATE, i, adapter=adapter,
+                              max_new_tokens=rng.randrange(1, 40), stop_token_ids=frozenset({5}))
+        sched.add(request)
+        live[request.request_id] = request
+        if rng.random() < 0.1:
+            sched.abort(rng.choice(list(live)), now_ns=i)
+        _, done = step(sched, now_ns=i)
+    for _ in range(100_000):
+        if not sched.has_unfinished():
+            break
+        step(sched, now_ns=10**6)
+    assert not sched.has_unfinished()
+    assert sched.block_manager.pool.num_free == 24
+    assert all(count == 0 for count in sched.block_manager.pool.ref_counts)
+    assert sched.num_preemptions > 0
