@@ -1,0 +1,54 @@
+"""Settings of the feature windows, triggers and prompts; read once at the process edge."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsConfig:
+    cadence_s: int = 60              # a forecast per symbol at every multiple of this event time
+    horizon_s: int = 60              # forecasts are about the move over the next horizon_s
+    short_window_s: int = 60         # features: returns/volume over the last minute ...
+    long_window_s: int = 300         # ... and over the last five minutes
+    news_window_s: int = 1_800       # news older than this (event time) no longer counts
+    news_half_life_s: int = 600      # weight of a news item halves every half-life (shown in the prompt)
+    max_news_in_prompt: int = 5
+    flat_bps: float = 5.0            # |move| below this many basis points counts as flat
+    momentum_coef: float = 0.0       # drift forecast = coef * short-window return (0: pure random walk)
+    deadline_ms: int = 10_000        # a forecast later than this after its trigger is answered numeric-only
+    adapters: dict[str, str] = field(default_factory=dict)  # symbol -> LoRA adapter name
+    default_adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cadence_s", "horizon_s", "short_window_s", "long_window_s", "news_window_s",
+                     "news_half_life_s", "max_news_in_prompt", "deadline_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.short_window_s > self.long_window_s:
+            raise ValueError("short_window_s must not exceed long_window_s")
+        if self.flat_bps < 0:
+            raise ValueError("flat_bps must be >= 0")
+
+    @property
+    def cadence_ns(self) -> int:
+        return self.cadence_s * NS_PER_S
+
+    def adapter_for(self, symbol: str) -> str | None:
+        return self.adapters.get(symbol, self.default_adapter)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AgentsConfig:
+        """FINLLM_CADENCE_S, FINLLM_HORIZON_S, FINLLM_FLAT_BPS, FINLLM_DEADLINE_MS, FINLLM_ADAPTERS=SYM:name,..."""
+        env = os.environ if env is None else env
+        kw: dict = {}
+        for var, name, cast in (("FINLLM_CADENCE_S", "cadence_s", int), ("FINLLM_HORIZON_S", "horizon_s", int),
+                                ("FINLLM_FLAT_BPS", "flat_bps", float), ("FINLLM_DEADLINE_MS", "deadline_ms", int),
+                                ("FINLLM_DEFAULT_ADAPTER", "default_adapter", str)):
+            if env.get(var):
+                kw[name] = cast(env[var])
+        if env.get("FINLLM_ADAPTERS"):
+            kw["adapters"] = dict(pair.split(":", 1) for pair in env["FINLLM_ADAPTERS"].split(",") if pair)
+        return cls(**kw)

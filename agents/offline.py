@@ -1,0 +1,24 @@
+"""Run the agents' logic over a tape without Kafka: the triggers (and requests) a replay must yield.
+
+The set of fired trigger ids does not depend on how ticks and news interleave on arrival (a trigger
+fires once a later tick arrives), so this is the ground truth for a live replay's forecast ids.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from agents.config import AgentsConfig
+from agents.processor import Fired, Processor
+from schemas import NewsItem, tick_from_obj
+
+
+def fired_triggers(events: Iterable[tuple[str, dict[str, Any]]], cfg: AgentsConfig) -> Iterator[Fired]:
+    """`events` as a tape yields them: ("tick", row) / ("news", row) in event-time order."""
+    processor = Processor(cfg)
+    for kind, row in events:
+        if kind == "tick":
+            yield from processor.on_tick(tick_from_obj(row), 0)
+        else:
+            item = NewsItem.from_obj(row)
+            for symbol in item.symbols:
+                yield from processor.on_news(item, symbol, 0)

@@ -1,0 +1,87 @@
+import pytest
+
+from agents.config import AgentsConfig
+from agents.features import TickWindow
+from agents.offline import fired_triggers
+from agents.processor import LateEventError, Processor
+from schemas import NewsItem, Quote, Trade
+
+S = 1_000_000_000
+T0 = 1_767_623_400 * S  # 2026-01-05 14:30:00 UTC, a multiple of 60 s
+
+
+def trade(ts_s, price, sym="ACME", size=1.0):
+    return Trade(sym, T0 + int(ts_s * S), price, size)
+
+
+def news(nid, ts_s, *syms, headline="ACME beats estimates"):
+    return NewsItem(nid, T0 + int(ts_s * S), "wire", headline, tuple(syms or ("ACME",)))
+
+
+def test_cadence_fires_once_a_later_tick_arrives_without_look_ahead():
+    p = Processor(AgentsConfig(cadence_s=60))
+    assert p.on_tick(trade(0, 100.0), 0) == []        # T0 itself is due only once a later tick arrives
+    assert p.on_tick(trade(30, 101.0), 0)[0].ts_ns == T0
+    assert p.on_tick(trade(59.9, 102.0), 0) == []
+    fired = p.on_tick(trade(61, 150.0), 7)             # a jump after T0+60 must not be seen at T0+60
+    assert [f.ts_ns for f in fired] == [T0 + 60 * S]
+    assert fired[0].features.last_price == 102.0 and fired[0].ingest_wall_ns == 7
+
+
+def test_gap_fires_every_missed_cadence_step_in_order():
+    p = Processor(AgentsConfig(cadence_s=60))
+    p.on_tick(trade(1, 100.0), 0)
+    fired = p.on_tick(trade(200, 100.0), 0)
+    assert [f.ts_ns - T0 for f in fired] == [60 * S, 120 * S, 180 * S]
+
+
+def test_news_trigger_waits_for_later_tick_and_only_sees_past_news():
+    p = Processor(AgentsConfig(cadence_s=3600))
+    p.on_tick(trade(1, 100.0), 0)
+    assert p.on_news(news("n1", 10), "ACME", 0) == []
+    assert p.on_news(news("n2", 20), "ACME", 0) == []
+    fired = p.on_tick(trade(15, 100.0), 0)
+    assert [(f.trigger, f.news_id) for f in fired] == [("news", "n1")]
+    assert [n.id for n in fired[0].news] == ["n1"]     # n2 is in the future of T=10
+
+
+def test_late_news_fires_at_once_and_duplicates_are_ignored():
+    p = Processor(AgentsConfig(cadence_s=3600))
+    p.on_tick(trade(1, 100.0), 0)
+    p.on_tick(trade(50, 101.0), 0)
+    fired = p.on_news(news("n1", 20), "ACME", 0)
+    assert len(fired) == 1 and fired[0].features.last_price == 100.0
+    assert p.on_news(news("n1", 20), "ACME", 0) == []
+
+
+def test_no_trigger_before_first_trade_and_late_ticks_rejected():
+    p = Processor(AgentsConfig(cadence_s=60))
+    p.on_tick(Quote("ACME", T0 - 10 * S, 99.0, 1, 99.1, 1), 0)
+    assert p.on_tick(trade(61, 100.0), 0) == []         # T0 had no trade at or before it
+    with pytest.raises(LateEventError):
+        p.on_tick(trade(30, 100.0), 0)
+
+
+def test_features_returns_and_spread():
+    w = TickWindow(keep_ns=300 * S)
+    for ts, px in [(0, 100.0), (100, 101.0), (250, 102.0), (290, 103.0)]:
+        w.add(trade(ts, px))
+    w.add(Quote("ACME", T0 + 295 * S, 102.9, 1, 103.1, 1))
+    f = w.features_at(T0 + 300 * S, 60 * S, 300 * S)
+    assert f.last_price == 103.0 and f.trades_short == 2
+    assert f.ret_short == pytest.approx(__import__("math").log(103 / 101))
+    assert f.ret_long == pytest.approx(__import__("math").log(103 / 100))
+    assert f.spread_bps == pytest.approx(0.2 / 103.0 * 1e4)
+
+
+def test_trigger_set_independent_of_news_arrival_order():
+    ticks = [("tick", {"symbol": "ACME", "ts_ns": T0 + i * 7 * S, "price": 100.0 + i % 3, "size": 1.0,
+                       "kind": "trade"}) for i in range(60)]
+    items = [("news", {"id": f"n{i}", "ts_ns": T0 + i * 41 * S, "source": "w", "headline": "h",
+                       "symbols": ["ACME", "BOLT"]}) for i in range(8)]
+    in_order = sorted(ticks + items, key=lambda e: e[1]["ts_ns"])
+    news_first = items + ticks
+    ids = {f.id for f in fired_triggers(in_order, AgentsConfig())}
+    assert ids == {f.id for f in fired_triggers(news_first, AgentsConfig())}
+    # cadence at 0, 60, ..., 360 s (last tick at 413 s) and each of the 8 news for ACME; BOLT has no ticks
+    assert len(ids) == 7 + 8
