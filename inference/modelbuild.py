@@ -1,0 +1,309 @@
+"""Build the embedded default model offline: a tiny Qwen2 with its own byte-level BPE.
+
+Nothing is downloaded. The tokenizer is trained on texts we are given, the weights are
+a seeded random init, and both are written with `save_pretrained`, so the result loads
+through `from_pretrained(local_files_only=True)` exactly like a real local checkpoint.
+A build goes to a temporary sibling folder and is renamed into place; a file lock keeps
+concurrent `ensure_model` callers to one build.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.tokenization_qwen2 import (
+    PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX,
+)
+
+RECIPE_VERSION = 1
+MANIFEST_NAME = "finllm_model.json"
+WEIGHTS_NAME = "model.safetensors"
+DEFAULT_MODEL_NAME = "tiny-qwen2-v1"
+EOS_TOKEN = "<|endoftext|>"
+SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
+SINGLE_TOKEN_WORDS = ("up", "down", "flat", " up", " down", " flat")
+_MAX_MERGE_ROUNDS = 16
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ModelBuildError(RuntimeError):
+    """A model folder is unusable: a missing or mismatching manifest or weights file."""
+
+
+def default_model_dir() -> Path:
+    """`$FINLLM_CACHE_DIR/models/tiny-qwen2-v1`; the cache dir defaults to `~/.cache/finllm`."""
+    cache_dir = os.environ.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm"
+    return Path(cache_dir) / "models" / DEFAULT_MODEL_NAME
+
+
+def ensure_default_model() -> Path:
+    """The embedded default model, built on first use from `default_corpus`."""
+    return ensure_model(default_model_dir(), default_corpus)
+
+
+_SUBJECTS = ("shares", "the stock", "futures", "the index", "the bond", "revenue", "guidance")
+_VERBS = ("rose", "fell", "climbed", "slid", "held steady", "jumped", "dropped", "was unchanged")
+_CAUSES = ("after earnings", "on rate fears", "as oil rallied", "after a downgrade",
+           "after an upgrade", "on merger talk", "ahead of the Fed decision")
+
+
+def default_corpus(num_texts: int = 2000, seed: int = 0) -> list[str]:
+    """Deterministic synthetic market-news lines for training the default tokenizer."""
+    rng = random.Random(seed)
+    return [_corpus_line(rng) for _ in range(num_texts)]
+
+
+def _corpus_line(rng: random.Random) -> str:
+    ticker = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rng.randint(2, 4)))
+    move_pct = rng.uniform(0, 9)
+    label = rng.choice(("up", "down", "flat"))
+    return (
+        f"{ticker}: {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {move_pct:.2f}% "
+        f"{rng.choice(_CAUSES)}. price {rng.uniform(5, 900):.2f} next: {label}"
+    )
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts`; the direction labels are always one token each."""
+    raw = Tokenizer(models.BPE())
+    raw.normalizer = normalizers.NFC()
+    raw.pre_tokenizer = _qwen2_pre_tokenizer()
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[AddedToken(t, special=True) for t in SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(texts, trainer)
+    raw = _force_single_tokens(raw, SINGLE_TOKEN_WORDS)
+    return _wrap_fast_tokenizer(raw)
+
+
+def _qwen2_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """The pipeline `Qwen2Tokenizer` rebuilds on load, so the loaded tokenizer matches ours."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def _wrap_fast_tokenizer(raw: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        padding_side="left",
+        chat_template=_CHAT_TEMPLATE,
+    )
+
+
+def _force_single_tokens(raw: Tokenizer, words: Iterable[str]) -> Tokenizer:
+    """Append merges (lowest priority) until every word encodes to a single token.
+
+    Each round joins the first two pieces of every word still split; merges added for
+    one word can change another's pieces, so we re-encode until nothing is left.
+    """
+    for _ in range(_MAX_MERGE_ROUNDS):
+        split_words = [w for w in words if len(raw.encode(w, add_special_tokens=False).ids) > 1]
+        if not split_words:
+            return raw
+        state = json.loads(raw.to_str())
+        for word in split_words:
+            pieces = raw.encode(word, add_special_tokens=False).tokens
+            _append_merge(state, pieces[0], pieces[1])
+        raw = Tokenizer.from_str(json.dumps(state))
+    raise ModelBuildError(f"could not make {list(words)} single tokens")
+
+
+def _append_merge(state: dict, left: str, right: str) -> None:
+    model = state["model"]
+    merged = left + right
+    if merged not in model["vocab"]:
+        taken_ids = list(model["vocab"].values()) + [t["id"] for t in state["added_tokens"]]
+        model["vocab"][merged] = max(taken_ids) + 1
+    if [left, right] not in model["merges"]:
+        model["merges"].append([left, right])
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(
+    out_dir: str | os.PathLike,
+    texts: Iterable[str],
+    *,
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 352,
+    max_position_embeddings: int = 4096,
+) -> Path:
+    """Train a tokenizer, init a seeded Qwen2, save both to `out_dir` atomically."""
+    out_path = Path(out_dir)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    shape = dict(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+    )
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.build-") as tmp:
+        staging = Path(tmp) / "model"
+        _write_model(staging, texts, seed, shape)
+        _publish(staging, out_path)
+    return out_path
+
+
+def _write_model(staging: Path, texts: Iterable[str], seed: int, shape: dict) -> None:
+    tokenizer = train_tokenizer(texts)
+    tokenizer.model_max_length = shape["max_position_embeddings"]
+    config = _qwen2_config(len(tokenizer), tokenizer.eos_token_id, shape)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).eval()
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    _write_manifest(staging, seed, shape)
+
+
+def _qwen2_config(vocab_size: int, eos_id: int, shape: dict) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        tie_word_embeddings=True,
+        rope_theta=1e4,
+        torch_dtype="float32",
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        **shape,
+    )
+
+
+def _write_manifest(model_dir: Path, seed: int, shape: dict) -> None:
+    manifest = {
+        "recipe_version": RECIPE_VERSION,
+        "seed": seed,
+        "shape": shape,
+        "weights_file": WEIGHTS_NAME,
+        "weights_sha256": _sha256_file(model_dir / WEIGHTS_NAME),
+    }
+    (model_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _publish(staging: Path, out_path: Path) -> None:
+    """Rename the finished build into place; if a model already sits there, keep it."""
+    try:
+        os.rename(staging, out_path)  # replaces an empty folder, fails on a non-empty one
+    except OSError:
+        if _has_manifest(out_path):
+            return
+        raise ModelBuildError(f"{out_path} exists and holds no {MANIFEST_NAME}") from None
+
+
+# ---------------------------------------------------------------- cache
+
+
+def ensure_model(
+    out_dir: str | os.PathLike, texts_fn: Callable[[], Iterable[str]], **build_kwargs
+) -> Path:
+    """Return `out_dir`, building it first if it holds no manifest; one builder at a time."""
+    out_path = Path(out_dir)
+    if not _has_manifest(out_path):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(out_path.parent / f".{out_path.name}.lock"):
+            if not _has_manifest(out_path):
+                build_model(out_path, texts_fn(), **build_kwargs)
+    verify_model(out_path)
+    return out_path
+
+
+@contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a+b") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+def _has_manifest(model_dir: Path) -> bool:
+    return (model_dir / MANIFEST_NAME).is_file()
+
+
+def read_manifest(model_dir: str | os.PathLike) -> dict:
+    manifest_path = Path(model_dir) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelBuildError(f"{model_dir} has no {MANIFEST_NAME}")
+    return json.loads(manifest_path.read_text())
+
+
+def verify_model(model_dir: str | os.PathLike) -> None:
+    """Raise ModelBuildError unless the weights file matches the manifest's sha256."""
+    manifest = read_manifest(model_dir)
+    actual = _sha256_file(Path(model_dir) / manifest["weights_file"])
+    if actual != manifest["weights_sha256"]:
+        raise ModelBuildError(f"{model_dir}: weights sha256 {actual} != manifest")
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """Short stable hash of every weights file and the config (minus the library version)."""
+    model_path = Path(model_dir)
+    weight_files = sorted(model_path.glob("*.safetensors")) or sorted(model_path.glob("*.bin"))
+    if not weight_files:
+        raise ModelBuildError(f"{model_dir} holds no weights")
+    digest = hashlib.sha256(_canonical_config(model_path).encode())
+    for weights_path in weight_files:
+        digest.update(weights_path.name.encode())
+        digest.update(_sha256_file(weights_path).encode())
+    return digest.hexdigest()[:16]
+
+
+def _canonical_config(model_path: Path) -> str:
+    config = json.loads((model_path / "config.json").read_text())
+    config.pop("transformers_version", None)
+    return json.dumps(config, sort_keys=True)
+
+
+def _sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
