@@ -54,10 +54,12 @@ NOISE_SOURCE_WEIGHTS = (0.15, 0.15, 0.1, 0.3, 0.3)
 HEADLINES: dict[int, tuple[str, ...]] = {
     1: ("{NAME} beats estimates, raises guidance", "{NAME} reports record quarterly revenue",
         "{NAME} announces $2B share buyback", "{NAME} upgraded to buy on strong demand",
-        "{NAME} wins multi-year government contract", "{NAME} wins regulatory approval for flagship product",
+        "{NAME} wins multi-year government contract",
+        "{NAME} wins regulatory approval for flagship product",
         "{NAME} wins major supply deal with {OTHER}", "{NAME} to acquire {OTHER} unit at a discount"),
     -1: ("{NAME} misses on revenue, cuts outlook", "{NAME} CEO resigns amid accounting probe",
-         "{NAME} recalls flagship product over safety concerns", "{NAME} downgraded to sell on weak demand",
+         "{NAME} recalls flagship product over safety concerns",
+         "{NAME} downgraded to sell on weak demand",
          "{NAME} warns of surprise quarterly loss", "Regulators open investigation into {NAME}",
          "{NAME} loses key customer {OTHER}", "{OTHER} sues {NAME} over patent infringement"),
     0: ("{NAME} to present at industry conference", "{NAME} schedules quarterly earnings call",
@@ -128,7 +130,7 @@ def synth_tape(symbols: int, minutes: float, seed: int, start_ns: int = START_NS
     plan = _plan_news(rng, symbols, seconds, base_vol_s * math.sqrt(60), config)
     market = _simulate_market(rng, seconds, base_vol_s, _jump_grid(plan, seconds, symbols), config)
     ticks = pl.concat([_trades(rng, market, start_ns), _quotes(rng, market, config, start_ns)])
-    news, truth = _news_frames(rng, plan, symbols, seed, start_ns, config)
+    news, truth = _news_frames(rng, plan, seed, start_ns, config)
     return Tape.from_frames(ticks, news, truth, origin=f"synth(seed={seed})")
 
 
@@ -233,30 +235,40 @@ def _quotes(rng: np.random.Generator, market: Market, config: SynthConfig,
 def _tick_frame(symbol: np.ndarray, ts_ns: np.ndarray, kind: str,
                 values: dict[str, np.ndarray]) -> pl.DataFrame:
     tickers = pl.Series("symbol", [ticker for ticker, _ in COMPANIES])
-    columns = {"symbol": tickers.gather(symbol), "ts_ns": ts_ns, "kind": pl.repeat(kind, ts_ns.size, eager=True)}
+    kinds = pl.repeat(kind, ts_ns.size, eager=True)
+    columns = {"symbol": tickers.gather(symbol), "ts_ns": ts_ns, "kind": kinds}
     frame = pl.DataFrame(columns).with_columns(
         pl.Series(name, values[name]) if name in values else pl.lit(None).alias(name)
         for name in ("price", "size", "bid_px", "bid_sz", "ask_px", "ask_sz"))
     return frame.cast(TICK_SCHEMA)  # type: ignore[arg-type]
 
 
-def _news_frames(rng: np.random.Generator, plan: NewsPlan, symbols: int, seed: int,
-                 start_ns: int, config: SynthConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _news_frames(rng: np.random.Generator, plan: NewsPlan, seed: int, start_ns: int,
+                 config: SynthConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(news, truth) frames, in event-time order, ids numbered in that order."""
     order = np.argsort(plan.offset_ns, kind="stable")
     rows = [_news_row(rng, plan, at, config) for at in order]
     ids = [f"synth-{seed}-{number:05d}" for number in range(len(rows))]
-    news = pl.DataFrame({"id": ids, "ts_ns": start_ns + plan.offset_ns[order],
-                         **{key: [row[key] for row in rows] for key in ("source", "headline", "body", "symbols")}},
-                        schema=NEWS_SCHEMA)
+    texts = {key: [row[key] for row in rows] for key in ("source", "headline", "body", "symbols")}
+    ts_ns = start_ns + plan.offset_ns[order]
+    news = pl.DataFrame({"id": ids, "ts_ns": ts_ns, **texts}, schema=NEWS_SCHEMA)
+    return news, _truth_frame(plan, order, ids, start_ns)
+
+
+def _truth_frame(plan: NewsPlan, order: np.ndarray, ids: list[str], start_ns: int) -> pl.DataFrame:
     explains = plan.explains[order]
-    truth = pl.DataFrame({
+    tickers = [COMPANIES[primary][0] for primary in plan.primary[order]]
+    return pl.DataFrame({
         "news_id": ids, "sentiment": plan.sentiment[order],
-        "jump_symbol": [COMPANIES[p][0] if e else None for p, e in zip(plan.primary[order], explains)],
-        "jump_ts_ns": [start_ns + s * NS_PER_S if e else None for s, e in zip(plan.jump_second[order].tolist(), explains)],
-        "jump_return": [r if e else None for r, e in zip(plan.jump_return[order].tolist(), explains)],
+        "jump_symbol": _where(explains, tickers),
+        "jump_ts_ns": _where(explains, (start_ns + plan.jump_second[order] * NS_PER_S).tolist()),
+        "jump_return": _where(explains, plan.jump_return[order].tolist()),
     }, schema=TRUTH_SCHEMA)
-    return news, truth
+
+
+def _where(mask: np.ndarray, values: list) -> list:
+    """values where mask is set, None elsewhere."""
+    return [value if keep else None for keep, value in zip(mask.tolist(), values)]
 
 
 def _news_row(rng: np.random.Generator, plan: NewsPlan, at: int, config: SynthConfig) -> dict:

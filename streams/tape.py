@@ -20,7 +20,8 @@ import polars as pl
 TICK_SCHEMA: dict[str, pl.DataType] = {
     "symbol": pl.String(), "ts_ns": pl.Int64(), "kind": pl.String(),
     "price": pl.Float64(), "size": pl.Float64(),
-    "bid_px": pl.Float64(), "bid_sz": pl.Float64(), "ask_px": pl.Float64(), "ask_sz": pl.Float64(),
+    "bid_px": pl.Float64(), "bid_sz": pl.Float64(),
+    "ask_px": pl.Float64(), "ask_sz": pl.Float64(),
 }
 NEWS_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(), "ts_ns": pl.Int64(), "source": pl.String(),
@@ -31,7 +32,8 @@ TRUTH_SCHEMA: dict[str, pl.DataType] = {
     "jump_ts_ns": pl.Int64(), "jump_return": pl.Float64(),
 }
 TICK_KINDS = ("trade", "quote")
-NON_NULL = {"ticks": ("symbol", "ts_ns", "kind"), "news": ("id", "ts_ns", "source", "headline", "symbols")}
+NON_NULL = {"ticks": ("symbol", "ts_ns", "kind"),
+            "news": ("id", "ts_ns", "source", "headline", "symbols")}
 CSV_LIST_SEPARATOR = ";"
 NS_PER_S = 1_000_000_000
 
@@ -201,7 +203,8 @@ def _read_table(folder: pathlib.Path, name: str, schema: dict[str, pl.DataType])
         if csv.exists():
             return _read_csv(csv, schema)
     except (pl.exceptions.PolarsError, OSError) as error:
-        raise TapeError(parquet if parquet.exists() else csv, f"unreadable: {_first_line(error)}") from error
+        bad_file = parquet if parquet.exists() else csv
+        raise TapeError(bad_file, f"unreadable: {_first_line(error)}") from error
     raise TapeError(folder, f"missing {name}.parquet or {name}.csv")
 
 

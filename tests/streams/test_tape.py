@@ -88,7 +88,8 @@ def test_parquet_with_a_missing_or_mistyped_column(tiny: Tape, tmp_path: pathlib
     tiny.ticks.drop("kind").write_parquet(tmp_path / "t" / "ticks.parquet")
     with pytest.raises(TapeError, match=r"ticks lacks columns \['kind'\]"):
         Tape.read(tmp_path / "t")
-    tiny.ticks.with_columns(pl.col("price").cast(pl.String) + "$").write_parquet(tmp_path / "t" / "ticks.parquet")
+    priced_as_text = tiny.ticks.with_columns(pl.col("price").cast(pl.String) + "$")
+    priced_as_text.write_parquet(tmp_path / "t" / "ticks.parquet")
     with pytest.raises(TapeError, match="ticks has values of the wrong type"):
         Tape.read(tmp_path / "t")
 
