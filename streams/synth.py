@@ -147,22 +147,30 @@ def sample_tape_path() -> pathlib.Path:
 
 def _plan_news(rng: np.random.Generator, symbols: int, seconds: int, minute_vol: np.ndarray,
                config: SynthConfig) -> NewsPlan:
+    """Which news comes when, about whom, with what sentiment, and which jump it announces."""
     count = int(rng.poisson(config.news_per_symbol_minute * symbols * seconds / 60))
-    low_delay_s, high_delay_s = config.jump_delay_s
-    fits_jump = seconds > high_delay_s + 2
+    fits_jump = seconds > config.jump_delay_s[1] + 2
     explains = np.arange(count) < (round(config.explaining_share * count) if fits_jump else 0)
     primary = rng.integers(0, symbols, count)
     paired = (rng.random(count) < config.pair_share) & (symbols > 1)
     pair_at = np.where(paired, (primary + rng.integers(1, max(symbols, 2), count)) % symbols, primary)
-    news_window_s = np.where(explains, seconds - high_delay_s - 1, seconds)
-    offset_ns = (rng.random(count) * news_window_s * NS_PER_S).astype(np.int64)
-    delay_ns = rng.integers(low_delay_s, high_delay_s, count) * NS_PER_S
-    jump_second = -(-(offset_ns + delay_ns) // NS_PER_S)  # ceil: the jump starts on a second
+    offset_ns, jump_second = _news_timing(rng, explains, seconds, config.jump_delay_s)
     signs = rng.choice([-1, 1], count)
     sentiment = np.where(explains | (rng.random(count) < 0.5), signs, 0)
     jump_size = rng.uniform(*config.jump_minute_vols, count) * minute_vol[primary]
     jump_return = np.where(explains, sentiment * jump_size, 0.0)
     return NewsPlan(offset_ns, primary, pair_at, sentiment, explains, jump_second, jump_return)
+
+
+def _news_timing(rng: np.random.Generator, explains: np.ndarray, seconds: int,
+                 jump_delay_s: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(news offset_ns [M], jump second [M]); an explaining item leaves room for its jump."""
+    low_delay_s, high_delay_s = jump_delay_s
+    news_window_s = np.where(explains, seconds - high_delay_s - 1, seconds)
+    offset_ns = (rng.random(explains.size) * news_window_s * NS_PER_S).astype(np.int64)
+    delay_ns = rng.integers(low_delay_s, high_delay_s, explains.size) * NS_PER_S
+    jump_second = -(-(offset_ns + delay_ns) // NS_PER_S)  # ceil: the jump starts on a second
+    return offset_ns, jump_second
 
 
 def _jump_grid(plan: NewsPlan, seconds: int, symbols: int) -> np.ndarray:
