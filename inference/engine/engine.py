@@ -1,0 +1,178 @@
+"""The serving engine: add_request / step / abort over scheduler, adapters and model runner."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from inference.engine.adapters import AdapterRegistry, AdapterSlots
+from inference.engine.config import EngineConfig
+from inference.engine.lora import LoraAdapter, load_peft_adapter
+from inference.engine.model import Transformer
+from inference.engine.model_runner import ModelRunner
+from inference.engine.scheduler import Scheduler, SchedulerOutput
+from inference.engine.sequence import Request, RequestKind, RequestStatus
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    request_id: str
+    status: RequestStatus
+    label_logits: tuple[float, ...] | None
+    output_token_ids: tuple[int, ...]
+    num_cached_tokens: int
+    num_preemptions: int
+
+
+def _output(request: Request) -> RequestOutput:
+    return RequestOutput(request.request_id, request.status, request.label_logits,
+                         tuple(request.output_token_ids), request.num_cached_tokens, request.num_preemptions)
+
+
+class Engine:
+    def __init__(self, model_dir: str, config: EngineConfig | None = None, device: str = "cpu",
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.config = config or EngineConfig()
+        self.clock_ns = clock_ns
+        self.model = Transformer.from_dir(model_dir, _DTYPES[self.config.dtype], torch.device(device))
+        self.runner = ModelRunner(self.model, self.config)
+        self.scheduler = Scheduler(self.config)
+        self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()
+        self.slots = AdapterSlots(self.config.max_adapter_slots)
+        self.step_time_ns_ema = 0
+        self.step_times_s: deque[float] = deque(maxlen=4096)
+        self.ttfts_s: deque[float] = deque(maxlen=4096)
+        self.num_steps = 0
+        self._known_ids: set[str] = set()
+
+    # adapters -------------------------------------------------------------
+    def register_adapter(self, name: str, path: str) -> None:
+        """Load a PEFT LoRA folder into host memory; re-registering replaces it (old KV unused)."""
+        adapter = load_peft_adapter(path, self.model.embed.dtype)
+        if adapter.rank > self.config.max_lora_rank:
+            raise ValueError(f"adapter {name!r} rank {adapter.rank} > max_lora_rank {self.config.max_lora_rank}")
+        self.registry.register(name, adapter)
+        self.slots.remove(name)
+
+    def remove_adapter(self, name: str) -> list[RequestOutput]:
+        """Forget an adapter; requests still using it are aborted and returned."""
+        self.registry.remove(name)
+        self.slots.remove(name)
+        users = [r for r in self.scheduler.waiting + self.scheduler.running if r.adapter == name]
+        return [self.abort(r.request_id) for r in users]
+
+    # requests -------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: list[int], kind: RequestKind,
+                    adapter: str | None = None, deadline_ns: int | None = None,
+                    label_token_ids: Iterable[int] = (), max_new_tokens: int = 0,
+                    stop_token_ids: Iterable[int] = ()) -> None:
+        request = Request(request_id, list(prompt_token_ids), kind, self.clock_ns(), adapter=adapter,
+                          deadline_ns=deadline_ns, label_token_ids=tuple(label_token_ids),
+                          max_new_tokens=max_new_tokens, stop_token_ids=frozenset(stop_token_ids))
+        if adapter is not None:
+            request.adapter_version = self.registry.get(adapter).version
+        self._validate(request)
+        self._known_ids.add(request_id)
+        self.scheduler.add(request)
+
+    def _validate(self, request: Request) -> None:
+        if request.request_id in self._known_ids:
+            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        if not request.prompt_token_ids:
+            raise ValueError("empty prompt")
+        if request.kind is RequestKind.SCORE and not request.label_token_ids:
+            raise ValueError("a score request needs label_token_ids")
+        if request.kind is RequestKind.GENERATE and request.max_new_tokens < 1:
+            raise ValueError("a generate request needs max_new_tokens >= 1")
+        limit = min(self.config.max_cached_tokens, self.model.config.max_position_embeddings)
+        if request.max_total_tokens > limit:
+            raise ValueError(f"request needs {request.max_total_tokens} tokens of KV, the engine holds {limit}")
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        request = self.scheduler.abort(request_id, self.clock_ns())
+        if request is None:
+            return None
+        self._known_ids.discard(request_id)
+        return _output(request)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # stepping -------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """One scheduling round and one forward pass; returns requests that finished or expired."""
+        started_ns = self.clock_ns()
+        out = self.scheduler.schedule(started_ns, self.step_time_ns_ema)
+        done = list(out.expired)
+        if out.chunks:
+            plan = self.slots.acquire(out.adapters)
+            self._load(plan.loads)
+            tables = {c.request.request_id: self.scheduler.block_manager.block_table(c.request.request_id)
+                      for c in out.chunks}
+            results = self.runner.execute(out, tables, plan.slot_of)
+            sampled = [c.request for c in out.chunks if c.completes_sequence]
+            done += self.scheduler.update(out, results, self.clock_ns())
+            self._record_step(sampled, started_ns)
+            self._prefetch(out)
+        for request in done:
+            self._known_ids.discard(request.request_id)
+        return [_output(r) for r in done]
+
+    def _load(self, loads: list[tuple[str, int]]) -> None:
+        for name, slot in loads:
+            self.runner.lora_weights.load(slot, self.registry.get(name).weights)
+
+    def _prefetch(self, out: SchedulerOutput) -> None:
+        """Load the adapters the next waiting requests will need while slots are idle."""
+        now_ns = self.clock_ns()
+        upcoming = sorted(self.scheduler.waiting, key=lambda r: self.scheduler.priority(r, now_ns))
+        names = [r.adapter for r in upcoming[:self.config.max_num_seqs] if r.adapter is not None]
+        protected = out.adapters | {r.adapter for r in self.scheduler.running if r.adapter is not None}
+        self._load(self.slots.prefetch(names, protected))
+
+    def _record_step(self, sampled: list[Request], started_ns: int) -> None:
+        ended_ns = self.clock_ns()
+        elapsed_ns = ended_ns - started_ns
+        self.step_time_ns_ema = elapsed_ns if self.num_steps == 0 else int(0.8 * self.step_time_ns_ema + 0.2 * elapsed_ns)
+        self.step_times_s.append(elapsed_ns / 1e9)
+        self.num_steps += 1
+        for request in sampled:
+            if request.kind is RequestKind.SCORE or len(request.output_token_ids) == 1:
+                self.ttfts_s.append((request.first_token_ns - request.arrival_ns) / 1e9)
+
+    def run_until_done(self, max_steps: int = 1_000_000) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        for _ in range(max_steps):
+            if not self.has_unfinished():
+                return outputs
+            outputs += self.step()
+        raise RuntimeError(f"engine did not drain in {max_steps} steps")
+
+    def metrics(self) -> dict:
+        bm, pool = self.scheduler.block_manager, self.scheduler.block_manager.pool
+        return {
+            "queue_depth": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "kv_blocks_used": pool.num_used,
+            "kv_blocks_free": pool.num_free,
+            "prefix_cache_hit_rate": bm.prefix_hit_tokens / max(bm.prefix_query_tokens, 1),
+            "adapter_loads": self.slots.num_loads,
+            "adapter_evictions": self.slots.num_evictions,
+            "preemptions": self.scheduler.num_preemptions,
+            "expired": self.scheduler.num_expired,
+            "steps": self.num_steps,
+            "ttft_s_p50": _quantile(self.ttfts_s, 0.5),
+            "ttft_s_p99": _quantile(self.ttfts_s, 0.99),
+            "step_time_s_p50": _quantile(self.step_times_s, 0.5),
+            "step_time_s_last": self.step_times_s[-1] if self.step_times_s else 0.0,
+        }
+
+
+def _quantile(values: Iterable[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)] if ordered else 0.0

@@ -1,0 +1,89 @@
+"""Turns a `SchedulerOutput` into one flat forward pass and reads the outputs back."""
+from __future__ import annotations
+
+import torch
+
+from inference.engine.config import EngineConfig
+from inference.engine.lora import LoraBatch, LoraSegment, LoraSlotWeights
+from inference.engine.model import AttentionMetadata, Transformer
+from inference.engine.scheduler import ScheduledChunk, SchedulerOutput, StepResult
+from inference.engine.sequence import RequestKind
+
+
+class ModelRunner:
+    """Owns the KV cache and the LoRA slot stacks; stateless between steps otherwise."""
+
+    def __init__(self, model: Transformer, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.device = model.embed.device
+        self.kv_cache = model.new_kv_cache(config.num_blocks, config.block_size)
+        self.lora_weights = LoraSlotWeights(
+            model.config.num_layers, config.max_adapter_slots, config.max_lora_rank,
+            model.config.lora_dims(), model.embed.dtype, self.device)
+
+    def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]],
+                slot_of: dict[str, int]) -> dict[str, StepResult]:
+        """Run every scheduled chunk; return outputs for chunks that complete their sequence."""
+        chunks = sorted(out.chunks, key=lambda c: _slot_key(c, slot_of))   # group tokens by adapter
+        input_ids, positions, attn = self._prepare(chunks, block_tables)
+        lora = LoraBatch(self.lora_weights, self._segments(chunks, slot_of))
+        hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, lora)   # [T, H]
+        sampled = [(c, attn.query_start_loc[b + 1] - 1) for b, c in enumerate(chunks) if c.completes_sequence]
+        return self._read_outputs(hidden, sampled)
+
+    def _prepare(self, chunks: list[ScheduledChunk], block_tables: dict[str, list[int]]):
+        bs = self.config.block_size
+        input_ids, positions, slots, seq_lens, starts = [], [], [], [], [0]
+        tables = [block_tables[c.request.request_id] for c in chunks]
+        for chunk, table in zip(chunks, tables):
+            span = range(chunk.start, chunk.start + chunk.num_new_tokens)
+            input_ids.extend(chunk.request.token_ids[chunk.start:span.stop])
+            positions.extend(span)
+            slots.extend(table[p // bs] * bs + p % bs for p in span)
+            seq_lens.append(span.stop)
+            starts.append(starts[-1] + chunk.num_new_tokens)
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
+        attn = AttentionMetadata(as_long(slots), as_long(padded), seq_lens, starts)
+        return as_long(input_ids), as_long(positions), attn
+
+    def _segments(self, chunks: list[ScheduledChunk], slot_of: dict[str, int]) -> list[LoraSegment]:
+        segments: list[LoraSegment] = []
+        start = 0
+        for chunk in chunks:
+            end = start + chunk.num_new_tokens
+            adapter = chunk.request.adapter
+            if adapter is not None:
+                slot = slot_of[adapter]
+                if segments and segments[-1].slot == slot and segments[-1].end == start:
+                    segments[-1] = LoraSegment(segments[-1].start, end, slot, segments[-1].rank, segments[-1].scale)
+                else:
+                    w = self.lora_weights
+                    segments.append(LoraSegment(start, end, slot, w.ranks[slot], w.scales[slot]))
+            start = end
+        return segments
+
+    def _read_outputs(self, hidden: torch.Tensor, sampled: list[tuple[ScheduledChunk, int]]) -> dict[str, StepResult]:
+        results: dict[str, StepResult] = {}
+        scores = [(c.request, row) for c, row in sampled if c.request.kind is RequestKind.SCORE]
+        gens = [(c.request, row) for c, row in sampled if c.request.kind is RequestKind.GENERATE]
+        for num_labels in {len(r.label_token_ids) for r, _ in scores}:
+            group = [(r, row) for r, row in scores if len(r.label_token_ids) == num_labels]
+            rows = torch.tensor([row for _, row in group], device=self.device)
+            labels = torch.tensor([r.label_token_ids for r, _ in group], device=self.device)
+            logits = self.model.label_logits(hidden[rows], labels).float().cpu().tolist()   # [N, K]
+            for (request, _), values in zip(group, logits):
+                results[request.request_id] = StepResult(request.request_id, label_logits=tuple(values))
+        if gens:
+            rows = torch.tensor([row for _, row in gens], device=self.device)
+            tokens = self.model.logits(hidden[rows]).argmax(dim=-1).cpu().tolist()       # [N]
+            for (request, _), token in zip(gens, tokens):
+                results[request.request_id] = StepResult(request.request_id, next_token_id=token)
+        return results
+
+
+def _slot_key(chunk: ScheduledChunk, slot_of: dict[str, int]) -> tuple[int, int]:
+    adapter = chunk.request.adapter
+    return (0, 0) if adapter is None else (1, slot_of[adapter])
