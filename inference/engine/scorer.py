@@ -1,0 +1,88 @@
+"""`Scorer` over our engine: each item becomes a score request over the direction labels."""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Sequence
+
+from inference.engine.config import EngineConfig
+from inference.engine.engine import Engine, RequestOutput
+from inference.engine.sequence import RequestKind, RequestStatus
+from inference.scoring import LABELS, ScoreItem, ScoreResult
+
+
+def label_token_ids(tokenizer, labels: Sequence[str] = LABELS) -> tuple[int, ...]:
+    """The first token id of " " + label for each label; they must be distinct."""
+    ids = tuple(tokenizer.encode(" " + label, add_special_tokens=False)[0] for label in labels)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"labels {labels} share first tokens {ids}")
+    return ids
+
+
+def softmax(logits: Sequence[float]) -> tuple[float, ...]:
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    total = sum(exps)
+    return tuple(e / total for e in exps)
+
+
+class EngineScorer:
+    """Scores prompts with the paged multi-LoRA engine; `score` blocks until all are answered."""
+
+    def __init__(self, model_dir: str, adapters: dict[str, str] | None = None, device: str = "cpu",
+                 config: EngineConfig | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        self.model_name = Path(model_dir).name
+        self.engine = Engine(model_dir, config, device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.label_token_ids = label_token_ids(self.tokenizer)
+        self._ids = itertools.count()
+        for name, path in (adapters or {}).items():
+            self.register_adapter(name, path)
+
+    def register_adapter(self, name: str, path: str) -> None:
+        self.engine.register_adapter(name, path)
+
+    def remove_adapter(self, name: str) -> None:
+        self.engine.remove_adapter(name)
+
+    def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        """Raises KeyError for an item naming an unregistered adapter (nothing is submitted then)."""
+        for item in items:
+            if item.adapter is not None and item.adapter not in self.engine.registry:
+                raise KeyError(f"adapter {item.adapter!r} is not registered")
+        internal = {}
+        for item in items:
+            rid = f"score-{next(self._ids)}"
+            internal[rid] = item
+            self.engine.add_request(rid, self._encode(item.prompt), RequestKind.SCORE, adapter=item.adapter,
+                                    deadline_ns=item.deadline_ns, label_token_ids=self.label_token_ids)
+        outputs = self._drain(set(internal))
+        return [self._result(item, outputs[rid]) for rid, item in internal.items()]
+
+    def _encode(self, prompt: str) -> list[int]:
+        token_ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        return token_ids or [self.tokenizer.eos_token_id or 0]
+
+    def _drain(self, pending: set[str]) -> dict[str, RequestOutput]:
+        outputs: dict[str, RequestOutput] = {}
+        while pending:
+            for output in self.engine.step():
+                outputs[output.request_id] = output
+                pending.discard(output.request_id)
+        return outputs
+
+    @staticmethod
+    def _result(item: ScoreItem, output: RequestOutput) -> ScoreResult:
+        if output.status is not RequestStatus.FINISHED:
+            return ScoreResult(item.request_id, None, expired=output.status is RequestStatus.EXPIRED)
+        return ScoreResult(item.request_id, softmax(output.label_logits))
+
+    def metrics(self) -> dict:
+        return self.engine.metrics()
+
+    def close(self) -> None:
+        for request in list(self.engine.scheduler.waiting + self.engine.scheduler.running):
+            self.engine.abort(request.request_id)
