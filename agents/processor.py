@@ -22,6 +22,8 @@ MAX_SEEN_NEWS = 10_000
 class LateEventError(ValueError):
     """A tick older than the symbol's watermark; the caller dead-letters it with reason `late`."""
 
+    reason = "late"
+
 
 @dataclass(frozen=True, slots=True)
 class Fired:

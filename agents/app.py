@@ -1,0 +1,91 @@
+"""The Faust app: thin wiring of topics to the pure per-symbol processor.
+
+`route_news` fans each news item out to `symbol-news`, one record per named symbol keyed by the
+symbol, so that a symbol's ticks and news meet in the same partition (and the same worker);
+`symbols` feeds both into the `Processor` and sends an inference request per fired trigger.
+Every output is awaited before the agent moves on, so offsets are committed only after it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+
+from agents.config import AgentsConfig
+from agents.processor import LateEventError, Processor
+from schemas import DeadLetter, SchemaError, decode_news, decode_tick, encode
+from streams.health import mark_ready
+from streams.settings import KafkaSettings
+
+log = logging.getLogger("finllm.agents")
+REBALANCE_TIMEOUT_S = 3.0
+
+
+def faust_settings(kafka: KafkaSettings, *, web_port: int) -> dict[str, Any]:
+    """Settings that make a worker join fast and behave on Tansu as on Apache Kafka."""
+    return dict(
+        broker="kafka://" + kafka.bootstrap.replace(",", ";"), web_enabled=False, web_port=web_port,
+        web_host="127.0.0.1", topic_disable_leader=True, topic_allow_declare=False,
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_S, broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0, broker_commit_interval=0.5, consumer_auto_offset_reset="earliest",
+        producer_acks=-1, producer_linger_ms=2, stream_wait_empty=False, table_cleanup_interval=3600.0,
+    )
+
+
+def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id: str = "finllm-agents") -> faust.App:
+    app = faust.App(app_id, **faust_settings(kafka, web_port=web_port))
+    topics = kafka.topics
+
+    def raw_topic(*names: str) -> faust.TopicT:
+        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    requests, symbol_news, deadletter = raw_topic(topics.requests), raw_topic(topics.symbol_news), \
+        raw_topic(topics.deadletter)
+    processor = Processor(cfg)
+
+    async def dead(message: Any, error: Exception) -> None:
+        record = DeadLetter.of(topic=message.topic, reason=getattr(error, "reason", type(error).__name__),
+                               detail=str(error), key=message.key, value=message.value, stage="agents",
+                               ts_wall_ns=time.time_ns(), partition=message.partition, offset=message.offset)
+        await (await deadletter.send(key=message.key, value=encode(record)))
+
+    @app.agent(raw_topic(topics.news), name="route-news")
+    async def route_news(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                item = decode_news(event.value)
+            except SchemaError as error:
+                await dead(event.message, error)
+                continue
+            value = encode(item)
+            for fut in [await symbol_news.send(key=s.encode(), value=value) for s in item.symbols]:
+                await fut
+
+    @app.agent(raw_topic(topics.ticks, topics.symbol_news), name="symbols")
+    async def symbols(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            wall_ns = int(message.timestamp * 1e9)
+            try:
+                if message.topic == topics.ticks:
+                    fired = processor.on_tick(decode_tick(event.value), wall_ns)
+                else:
+                    fired = processor.on_news(decode_news(event.value), (message.key or b"").decode(), wall_ns)
+            except (SchemaError, LateEventError) as error:
+                await dead(message, error)
+                continue
+            futures = []
+            for f in fired:
+                request = processor.request(f, time.time_ns())
+                key = (request.adapter or request.symbol).encode()
+                futures.append(await requests.send(key=key, value=encode(request)))
+            for fut in futures:
+                await fut
+
+    @app.on_rebalance_complete.connect
+    async def ready(sender: Any, **kwargs: Any) -> None:
+        mark_ready()
+
+    return app

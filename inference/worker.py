@@ -1,0 +1,182 @@
+"""The Kafka-facing inference worker: requests in, fused forecasts out.
+
+Consume a batch of inference requests, score them with the language model (any `Scorer`), fuse
+with the numeric signal, publish the forecasts, record the latest per symbol in Redis, and only
+then commit the consumed offsets, so a crash replays requests rather than losing them.
+Run it as `python -m inference.worker` (settings from the environment, see `WorkerConfig.from_env`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+from inference.fusion import FusionWeights, fuse
+from inference.scoring import ScoreItem, ScoreResult, Scorer
+from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
+from streams.health import mark_ready
+from streams.latest import LatestStore
+from streams.producer import DeadLetters, make_producer
+from streams.settings import KafkaSettings
+
+log = logging.getLogger("finllm.inference")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    group_id: str = "finllm-inference"
+    max_batch: int = 32
+    poll_timeout_ms: int = 50
+    session_timeout_ms: int = 10_000
+    engine: str = "hf"               # "hf" (transformers) or "paged" (our multi-LoRA engine)
+    model_dir: str | None = None     # None: the embedded default model, built on first use
+    adapters: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_env(cls) -> WorkerConfig:
+        env, default = os.environ, cls()
+        adapters = tuple(tuple(p.split("=", 1)) for p in env.get("FINLLM_ADAPTER_PATHS", "").split(",") if p)
+        return cls(group_id=env.get("FINLLM_INFERENCE_GROUP", default.group_id),
+                   max_batch=int(env.get("FINLLM_MAX_BATCH", default.max_batch)),
+                   engine=env.get("FINLLM_ENGINE", default.engine), model_dir=env.get("FINLLM_MODEL") or None,
+                   adapters=adapters)
+
+
+def build_scorer(cfg: WorkerConfig) -> Scorer:
+    from inference.models import resolve_model_dir
+
+    model_dir = str(resolve_model_dir(cfg.model_dir))
+    adapters = dict(cfg.adapters)
+    if cfg.engine == "paged":
+        from inference.engine.scorer import EngineScorer
+        return EngineScorer(model_dir, adapters=adapters)
+    if cfg.engine == "hf":
+        from inference.hf_scorer import HFScorer
+        return HFScorer(model_dir, max_batch=cfg.max_batch, adapters=adapters)
+    raise ValueError(f"unknown engine {cfg.engine!r}: use 'hf' or 'paged'")
+
+
+def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, weights: FusionWeights,
+                  picked_wall_ns: int, inference_ms: float) -> Forecast:
+    llm = None if result is None or result.probs is None else Probs.normalised(*result.probs)
+    status = "ok" if llm is not None else "expired" if result is not None and result.expired else "llm_error"
+    fused = fuse(request.numeric, llm, weights)
+    now = time.time_ns()
+    latency = Latency(queue_ms=(picked_wall_ns - request.created_wall_ns) / 1e6, inference_ms=inference_ms,
+                      total_ms=(now - request.ingest_wall_ns) / 1e6)
+    return Forecast(request.id, request.symbol, request.ts_ns, request.horizon_s, *fused.as_tuple(),
+                    fused.direction, request.trigger, status, request.numeric, llm, request.news_ids, model,
+                    request.adapter, latency, now)
+
+
+class InferenceWorker:
+    def __init__(self, kafka: KafkaSettings, redis_url: str | None, scorer: Scorer, cfg: WorkerConfig,
+                 weights: FusionWeights) -> None:
+        self.kafka, self.scorer, self.cfg, self.weights = kafka, scorer, cfg, weights
+        self.latest = LatestStore.from_url(redis_url, kafka.topics.prefix) if redis_url else None
+        self.stopping = asyncio.Event()
+        self.forecasts_published = 0
+
+    async def run(self) -> None:
+        topics = self.kafka.topics
+        consumer = AIOKafkaConsumer(
+            topics.requests, **self.kafka.client_kwargs(), group_id=self.cfg.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=self.cfg.max_batch,
+            session_timeout_ms=self.cfg.session_timeout_ms, heartbeat_interval_ms=1_000,
+            rebalance_timeout_ms=self.cfg.session_timeout_ms)
+        producer = make_producer(self.kafka)
+        await producer.start()
+        consumer.subscribe([topics.requests], listener=_ReadyOnAssign())
+        await consumer.start()
+        self.deadletters = DeadLetters(producer, topics.deadletter, stage="inference")
+        try:
+            while not self.stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch)
+                records = [r for part in batch.values() for r in part]
+                if records:
+                    await self._handle(records, producer)
+                    await consumer.commit()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            if self.latest:
+                await self.latest.close()
+
+    async def _handle(self, records: list, producer) -> None:
+        picked = time.time_ns()
+        requests = []
+        for record in records:
+            try:
+                requests.append(decode_request(record.value or b""))
+            except SchemaError as error:
+                await self.deadletters.send(source_topic=record.topic, error=error, key=record.key,
+                                            value=record.value, partition=record.partition, offset=record.offset)
+        results, inference_ms = await self._score(requests)
+        forecasts = [make_forecast(req, res, model=self.scorer.model_name, weights=self.weights,
+                                   picked_wall_ns=picked, inference_ms=inference_ms)
+                     for req, res in zip(requests, results)]
+        sends = [await producer.send(self.kafka.topics.forecasts, encode(f), key=f.symbol.encode())
+                 for f in forecasts]
+        await asyncio.gather(*sends)
+        self.forecasts_published += len(forecasts)
+        await self._store_latest(forecasts)
+
+    async def _score(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
+        items = [ScoreItem(r.id, r.prompt, r.adapter, r.deadline_wall_ns) for r in requests]
+        started = time.perf_counter()
+        try:
+            results: list[ScoreResult | None] = list(await asyncio.to_thread(self.scorer.score, items))
+        except Exception:  # a model failure must not stop forecasts: publish numeric-only, marked
+            log.exception("scoring %d requests failed; publishing numeric-only forecasts", len(items))
+            results = [None] * len(items)
+        return results, (time.perf_counter() - started) * 1e3
+
+    async def _store_latest(self, forecasts: list[Forecast]) -> None:
+        if not self.latest:
+            return
+        try:
+            for forecast in forecasts:
+                await self.latest.store(forecast)
+        except Exception as error:  # Redis down: forecasts still flow; the latest view catches up later
+            log.warning("could not store latest forecasts in Redis: %s", error)
+
+
+class _ReadyOnAssign(ConsumerRebalanceListener):
+    async def on_partitions_revoked(self, revoked) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        if assigned:
+            mark_ready()
+
+
+async def main_async() -> None:
+    kafka = KafkaSettings.from_env()
+    cfg = WorkerConfig.from_env()
+    scorer = build_scorer(cfg)
+    worker = InferenceWorker(kafka, os.environ.get("FINLLM_REDIS_URL"), scorer, cfg, FusionWeights.from_env())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stopping.set)
+    log.info("inference worker up: model %s, engine %s", scorer.model_name, cfg.engine)
+    try:
+        await worker.run()
+    finally:
+        scorer.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("FINLLM_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(main_async())
+
+
+if __name__ == "__main__":
+    main()
