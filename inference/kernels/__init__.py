@@ -1,0 +1,53 @@
+"""Kernel dispatch for the engine: Triton kernels on CUDA tensors, the torch references elsewhere.
+
+`sgmv` and `paged_attention` take exactly the arguments of `sgmv_ref` and `paged_attention_ref`.
+Setting FINLLM_FORCE_TRITON=1 runs the Triton kernels on CPU tensors too (with TRITON_INTERPRET=1
+set before the kernels are first imported), which is how the parity tests reach them without a GPU.
+The engine modules import this package, so the references and kernels are imported on first call.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from inference.engine.lora import LoraSegment
+
+FORCE_TRITON_ENV = "FINLLM_FORCE_TRITON"
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Triton for CUDA tensors when it imports; forced (and then required) by FINLLM_FORCE_TRITON=1."""
+    forced = os.environ.get(FORCE_TRITON_ENV) == "1"
+    if not (t.is_cuda or forced):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        if forced:
+            raise
+        return False
+    return True
+
+
+def sgmv(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+         segments: list[LoraSegment]) -> None:
+    """y[i] += (x[i] @ lora_a[slot, :, :rank]) @ lora_b[slot, :rank] * scale for each segment's tokens."""
+    if use_triton(x):
+        from inference.kernels.sgmv import sgmv_triton
+        sgmv_triton(y, x, lora_a, lora_b, segments)
+    else:
+        from inference.engine.lora import sgmv_ref
+        sgmv_ref(y, x, lora_a, lora_b, segments)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                    seq_lens: list[int], query_start_loc: list[int], scale: float) -> torch.Tensor:
+    """q: [T, Hq, D], caches: [num_blocks, block_size, Hkv, D] -> [T, Hq, D] (causal, paged, GQA)."""
+    if use_triton(q):
+        from inference.kernels.paged_attention import paged_attention_triton
+        return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+    from inference.engine.model import paged_attention_ref
+    return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
