@@ -217,13 +217,14 @@ def bench_one(model_dir: str, adapter_paths: dict[str, str], n: int, alpha: floa
     row = {"adapters": n, "alpha": alpha, "ours": summarize(run_ours(engine, workload), workload)}
     for label, mixed in (("peft_mixed", True), ("peft_switch", False)):
         baseline = PeftBaseline(model_dir, paths, mixed=mixed, max_batch=args.max_batch)
-        baseline.serve(workload[:2])
+        baseline.serve(workload[:3])  # warm-up
         row[label] = summarize(baseline.serve(workload), workload)
     return row
 
 
 def _warm_up(engine: Engine) -> None:
-    engine.add_request("warm", list(range(100, 300)), RequestKind.GENERATE, max_new_tokens=2)
+    for i, length in enumerate((600, 350, 100)):
+        engine.add_request(f"warm{i}", list(range(100, 100 + length)), RequestKind.GENERATE, max_new_tokens=4)
     engine.run_until_done()
 
 
@@ -248,7 +249,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=2048)
     args = parser.parse_args()
-    args.requests = args.requests or (24 if args.quick else 96)
+    args.requests = args.requests or (48 if args.quick else 96)
     alphas = (1.0,) if args.quick else (0.1, 0.3, 1.0)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
