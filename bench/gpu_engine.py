@@ -243,7 +243,7 @@ def _timed(fn, totals: dict[str, float], key: str):
 
 
 def tokenize_ms_per_request(prompt_len: int) -> dict:
-    """Byte-level BPE (a 300-token stand-in vocab: no hub downloads) over a ~prompt_len-word prompt."""
+    """Byte-level BPE (a 300-token stand-in vocab: no hub downloads), scaled to a prompt_len-token prompt."""
     from transformers import AutoTokenizer
 
     from inference.engine.tiny_models import WORDS, build_tiny_tokenizer
@@ -254,41 +254,51 @@ def tokenize_ms_per_request(prompt_len: int) -> dict:
     texts = [" ".join(rng.choice(WORDS) for _ in range(prompt_len)) for _ in range(64)]
     started = time.perf_counter()
     num_tokens = sum(len(tokenizer.encode(t)) for t in texts)
-    return {"ms": (time.perf_counter() - started) * 1e3 / len(texts), "tokens": num_tokens / len(texts)}
+    ms_per_token = (time.perf_counter() - started) * 1e3 / num_tokens
+    return {"ms_per_request": ms_per_token * prompt_len, "ms_per_1k_tokens": ms_per_token * 1e3}
 
 
 def kernel_timings(s: Settings) -> dict:
     """Triton kernels vs their torch references at this model's shapes (ms, triton.testing.do_bench)."""
+    return {"sgmv_prefill_8x350": sgmv_timing(s, num_segments=8, tokens_per_segment=s.prompt_len),
+            "sgmv_decode_64x1": sgmv_timing(s, num_segments=64, tokens_per_segment=1),
+            "attention_prefill_8x350": attention_timing(s, batch=8, num_new=s.prompt_len),
+            "attention_decode_64": attention_timing(s, batch=64, num_new=1)}
+
+
+def sgmv_timing(s: Settings, num_segments: int, tokens_per_segment: int) -> dict:
+    """q_proj-shaped LoRA over segments of mixed ranks in `max_adapter_slots` slots."""
     from triton.testing import do_bench
 
     from inference.engine.lora import LoraSegment, sgmv_ref
-    from inference.engine.model import paged_attention_ref
-    from inference.kernels.paged_attention import paged_attention_triton
     from inference.kernels.sgmv import sgmv_triton
 
-    dev, bf16, rank = "cuda", torch.bfloat16, max(s.ranks)
-    out = {}
-    for label, tokens_per_seg in (("sgmv_prefill_8x350", s.prompt_len), ("sgmv_decode_64x1", 1)):
-        n_seg = 8 if tokens_per_seg > 1 else 64
-        segs = [LoraSegment(i * tokens_per_seg, (i + 1) * tokens_per_seg, i % s.max_adapter_slots,
-                            s.ranks[i % len(s.ranks)], 2.0) for i in range(n_seg)]
-        x = torch.randn(n_seg * tokens_per_seg, s.hidden, device=dev, dtype=bf16)
-        y = torch.zeros_like(x)
-        a = torch.randn(s.max_adapter_slots, s.hidden, rank, device=dev, dtype=bf16) * 0.03
-        b = torch.randn(s.max_adapter_slots, rank, s.hidden, device=dev, dtype=bf16) * 0.03
-        out[label] = {"triton_ms": do_bench(lambda: sgmv_triton(y, x, a, b, segs)),
-                      "torch_ref_ms": do_bench(lambda: sgmv_ref(y, x, a, b, segs))}
-    head_dim, blocks_per_seq = s.hidden // s.heads, -(-(s.prompt_len + 64) // 16)
-    for label, batch, new in (("attention_decode_64", 64, 1), ("attention_prefill_8x350", 8, s.prompt_len)):
-        k = torch.randn(batch * blocks_per_seq, 16, s.kv_heads, head_dim, device=dev, dtype=bf16)
-        tables = torch.arange(batch * blocks_per_seq, device=dev).view(batch, blocks_per_seq)
-        seq_lens = [s.prompt_len + (1 if new == 1 else 0)] * batch
-        starts = [i * new for i in range(batch + 1)]
-        q = torch.randn(batch * new, s.heads, head_dim, device=dev, dtype=bf16)
-        args = (q, k, k, tables, seq_lens, starts, head_dim ** -0.5)
-        out[label] = {"triton_ms": do_bench(lambda: paged_attention_triton(*args)),
-                      "torch_ref_ms": do_bench(lambda: paged_attention_ref(*args))}
-    return out
+    n, rank = tokens_per_segment, max(s.ranks)
+    segments = [LoraSegment(i * n, (i + 1) * n, i % s.max_adapter_slots, s.ranks[i % len(s.ranks)], 2.0)
+                for i in range(num_segments)]
+    x = torch.randn(num_segments * n, s.hidden, device="cuda", dtype=torch.bfloat16)           # [T, in]
+    y = torch.zeros_like(x)                                                                     # [T, out]
+    a = torch.randn(s.max_adapter_slots, s.hidden, rank, device="cuda", dtype=torch.bfloat16) * 0.03
+    b = torch.randn(s.max_adapter_slots, rank, s.hidden, device="cuda", dtype=torch.bfloat16) * 0.03
+    return {"triton_ms": do_bench(lambda: sgmv_triton(y, x, a, b, segments)),
+            "torch_ref_ms": do_bench(lambda: sgmv_ref(y, x, a, b, segments))}
+
+
+def attention_timing(s: Settings, batch: int, num_new: int) -> dict:
+    """Each request has a prompt_len context (plus one token when decoding), 16-token blocks."""
+    from triton.testing import do_bench
+
+    from inference.engine.model import paged_attention_ref
+    from inference.kernels.paged_attention import paged_attention_triton
+
+    head_dim, seq_len = s.hidden // s.heads, s.prompt_len + (1 if num_new == 1 else 0)
+    blocks = -(-seq_len // 16)
+    kv = torch.randn(batch * blocks, 16, s.kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    tables = torch.randperm(batch * blocks, device="cuda").view(batch, blocks)                 # [B, blocks]
+    q = torch.randn(batch * num_new, s.heads, head_dim, device="cuda", dtype=torch.bfloat16)  # [T, Hq, D]
+    args = (q, kv, kv, tables, [seq_len] * batch, [i * num_new for i in range(batch + 1)], head_dim ** -0.5)
+    return {"triton_ms": do_bench(lambda: paged_attention_triton(*args)),
+            "torch_ref_ms": do_bench(lambda: paged_attention_ref(*args))}
 
 
 def engine_kernels() -> str:

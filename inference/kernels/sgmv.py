@@ -34,7 +34,7 @@ class SegmentTable:
 
     @classmethod
     def from_segments(cls, segments: list[LoraSegment], device: torch.device) -> "SegmentTable":
-        ints = torch.tensor([[s.start, s.end, s.slot, s.rank] for s in segments], dtype=torch.int32)
+        ints = torch.tensor([[s.start, s.end, s.slot, s.rank] for s in segments], dtype=torch.int32).view(-1, 4)
         ints = ints.t().contiguous().to(device, non_blocking=True)                    # [4, n]
         scales = torch.tensor([s.scale for s in segments], dtype=torch.float32).to(device, non_blocking=True)
         longest = max((s.end - s.start for s in segments), default=0)
@@ -129,11 +129,15 @@ def sgmv_expand(y: torch.Tensor, shrunk: torch.Tensor, lora_b: torch.Tensor, seg
 
 
 def sgmv_triton(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                segments: list[LoraSegment]) -> None:
-    """Drop-in for `sgmv_ref`: x: [T, in], y: [T, out], lora_a: [S, in, R], lora_b: [S, R, out]."""
-    if not segments:
+                segments: list[LoraSegment] | SegmentTable) -> None:
+    """Drop-in for `sgmv_ref`: x: [T, in], y: [T, out], lora_a: [S, in, R], lora_b: [S, R, out].
+
+    A caller applying the same segments to many modules may pass one `SegmentTable` built per step,
+    saving two host-to-device copies per call.
+    """
+    table = segments if isinstance(segments, SegmentTable) else SegmentTable.from_segments(segments, x.device)
+    if table.max_segment_len == 0:
         return
-    table = SegmentTable.from_segments(segments, x.device)
     shrunk = sgmv_shrink(x, lora_a, table.starts, table.ends, table.slots, table.ranks, table.max_segment_len)
     sgmv_expand(y, shrunk, lora_b, table.starts, table.ends, table.slots, table.ranks, table.scales,
                 table.max_segment_len)

@@ -17,7 +17,7 @@ RANKS = {"r1": (1,), "r8": (8,), "r16": (16,), "r64": (64,), "mixed": (13, 1, 64
 SEGMENT_SHAPES = ((3, 5), (0, 70), (2, 1))
 
 
-def make_slot_stacks(dtype: torch.dtype, ranks: list[int], slots: list[int], seed: int = 0):
+def make_slot_stacks(dtype: torch.dtype, seed: int = 0):
     """lora_a: [S, in, R], lora_b: [S, R, out]; columns past each adapter's rank hold noise the kernel must mask."""
     gen = torch.Generator().manual_seed(seed)
     lora_a = torch.randn(NUM_SLOTS, IN_FEATURES, MAX_RANK, generator=gen) * 0.3
@@ -39,7 +39,7 @@ def make_case(dtype: torch.dtype, rank_set: tuple[int, ...], num_adapters: int, 
     ranks = [rank_set[i % len(rank_set)] for i in range(num_adapters)]
     slots = [3, 0, 2][:num_adapters]
     segments, num_tokens = make_segments(ranks, slots)
-    lora_a, lora_b = make_slot_stacks(dtype, ranks, slots, seed)
+    lora_a, lora_b = make_slot_stacks(dtype, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(num_tokens, IN_FEATURES, generator=gen).to(DEVICE, dtype)                 # [T, in]
     wide = torch.randn(num_tokens, OUT_FEATURES + 16, generator=gen).to(DEVICE, dtype)        # [T, out + 16]
@@ -68,6 +68,15 @@ def test_triton_sgmv_shrink_masks_columns_past_rank(rank_set):
     for seg in segments:
         expected[seg.start:seg.end, :seg.rank] = x[seg.start:seg.end] @ lora_a[seg.slot, :, :seg.rank]
     torch.testing.assert_close(shrunk, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_sgmv_accepts_a_prebuilt_segment_table():
+    x, wide, lora_a, lora_b, segments = make_case(torch.bfloat16, RANKS["mixed"], 3)
+    expected, got = wide.clone(), wide.clone()
+    sgmv_triton(expected, x, lora_a, torch.cat([lora_b, lora_b[..., :16]], dim=2), segments)
+    sgmv_triton(got, x, lora_a, torch.cat([lora_b, lora_b[..., :16]], dim=2),
+                SegmentTable.from_segments(segments, DEVICE))
+    assert torch.equal(got, expected)
 
 
 def test_triton_sgmv_without_segments_leaves_y_unchanged():
