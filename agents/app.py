@@ -15,12 +15,13 @@ import faust
 
 from agents.config import AgentsConfig
 from agents.processor import LateEventError, Processor
-from schemas import DeadLetter, SchemaError, decode_news, decode_tick, encode
+from schemas import DeadLetter, NewsWatermark, SchemaError, decode_news_event, decode_tick, encode
 from streams.health import mark_ready
 from streams.settings import KafkaSettings
 
 log = logging.getLogger("finllm.agents")
 REBALANCE_TIMEOUT_S = 3.0
+RELEASE_INTERVAL_S = 0.1
 
 
 def faust_settings(kafka: KafkaSettings, *, web_port: int) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
 
     requests, symbol_news, deadletter = raw_topic(topics.requests), raw_topic(topics.symbol_news), \
         raw_topic(topics.deadletter)
-    processor = Processor(cfg)
+    processor = Processor(cfg, news_origins=topics.partitions)
 
     async def dead(message: Any, error: Exception) -> None:
         record = DeadLetter.of(topic=message.topic, reason=getattr(error, "reason", type(error).__name__),
@@ -51,38 +52,55 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
                                ts_wall_ns=time.time_ns(), partition=message.partition, offset=message.offset)
         await (await deadletter.send(key=message.key, value=encode(record)))
 
+    async def send_requests(fired: list) -> None:
+        futures = []
+        for f in fired:
+            request = processor.request(f, time.time_ns())
+            futures.append(await requests.send(key=(request.adapter or request.symbol).encode(), value=encode(request)))
+        for fut in futures:
+            await fut
+
     @app.agent(raw_topic(topics.news), name="route-news")
     async def route_news(stream: faust.StreamT) -> None:
+        """Fan news out to its symbols' partitions, and each watermark to every partition."""
         async for event in stream.events():
             try:
-                item = decode_news(event.value)
+                item = decode_news_event(event.value)
             except SchemaError as error:
                 await dead(event.message, error)
                 continue
-            value = encode(item)
-            for fut in [await symbol_news.send(key=s.encode(), value=value) for s in item.symbols]:
+            if isinstance(item, NewsWatermark):
+                value = encode(NewsWatermark(item.source, item.ts_ns, event.message.partition))
+                sends = [await symbol_news.send(value=value, partition=p) for p in range(topics.partitions)]
+            else:
+                value = encode(item)
+                sends = [await symbol_news.send(key=s.encode(), value=value) for s in item.symbols]
+            for fut in sends:
                 await fut
 
     @app.agent(raw_topic(topics.ticks, topics.symbol_news), name="symbols")
     async def symbols(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
-            wall_ns = int(message.timestamp * 1e9)
             try:
-                if message.topic == topics.ticks:
-                    fired = processor.on_tick(decode_tick(event.value), wall_ns)
-                else:
-                    fired = processor.on_news(decode_news(event.value), (message.key or b"").decode(), wall_ns)
+                fired = route(message, event.value, time.time_ns())
             except (SchemaError, LateEventError) as error:
                 await dead(message, error)
                 continue
-            futures = []
-            for f in fired:
-                request = processor.request(f, time.time_ns())
-                key = (request.adapter or request.symbol).encode()
-                futures.append(await requests.send(key=key, value=encode(request)))
-            for fut in futures:
-                await fut
+            await send_requests(fired)
+
+    def route(message: Any, value: bytes, wall_ns: int) -> list:
+        if message.topic == topics.ticks:
+            return processor.on_tick(decode_tick(value), wall_ns, message.partition)
+        item = decode_news_event(value)
+        if isinstance(item, NewsWatermark):
+            return processor.on_news_watermark(item.ts_ns, item.origin, wall_ns, message.partition)
+        return processor.on_news(item, (message.key or b"").decode(), wall_ns, message.partition)
+
+    @app.timer(RELEASE_INTERVAL_S)
+    async def release() -> None:
+        """Triggers waiting for news that no watermark announces go after the grace period."""
+        await send_requests(processor.release_all(time.time_ns()))
 
     @app.on_rebalance_complete.connect
     async def ready(sender: Any, **kwargs: Any) -> None:

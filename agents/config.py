@@ -19,16 +19,20 @@ class AgentsConfig:
     flat_bps: float = 5.0            # |move| below this many basis points counts as flat
     momentum_coef: float = 0.0       # drift forecast = coef * short-window return (0: pure random walk)
     deadline_ms: int = 10_000        # a forecast later than this after its trigger is answered numeric-only
+    allowed_lateness_s: int = 1_800  # news this far (event time) behind a symbol's ticks still counts
+    news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
     adapters: dict[str, str] = field(default_factory=dict)  # symbol -> LoRA adapter name
     default_adapter: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("cadence_s", "horizon_s", "short_window_s", "long_window_s", "news_window_s",
-                     "news_half_life_s", "max_news_in_prompt", "deadline_ms"):
+                     "news_half_life_s", "max_news_in_prompt", "deadline_ms", "allowed_lateness_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.short_window_s > self.long_window_s:
             raise ValueError("short_window_s must not exceed long_window_s")
+        if self.news_grace_ms < 0:
+            raise ValueError("news_grace_ms must be >= 0")
         if self.flat_bps < 0:
             raise ValueError("flat_bps must be >= 0")
 
@@ -46,7 +50,9 @@ class AgentsConfig:
         kw: dict = {}
         for var, name, cast in (("FINLLM_CADENCE_S", "cadence_s", int), ("FINLLM_HORIZON_S", "horizon_s", int),
                                 ("FINLLM_FLAT_BPS", "flat_bps", float), ("FINLLM_DEADLINE_MS", "deadline_ms", int),
-                                ("FINLLM_DEFAULT_ADAPTER", "default_adapter", str)):
+                                ("FINLLM_DEFAULT_ADAPTER", "default_adapter", str),
+                                ("FINLLM_ALLOWED_LATENESS_S", "allowed_lateness_s", int),
+                                ("FINLLM_NEWS_GRACE_MS", "news_grace_ms", int)):
             if env.get(var):
                 kw[name] = cast(env[var])
         if env.get("FINLLM_ADAPTERS"):

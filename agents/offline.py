@@ -14,7 +14,7 @@ from schemas import NewsItem, tick_from_obj
 
 def fired_triggers(events: Iterable[tuple[str, dict[str, Any]]], cfg: AgentsConfig) -> Iterator[Fired]:
     """`events` as a tape yields them: ("tick", row) / ("news", row) in event-time order."""
-    processor = Processor(cfg)
+    processor = Processor(cfg, gated=False)
     for kind, row in events:
         if kind == "tick":
             yield from processor.on_tick(tick_from_obj(row), 0)

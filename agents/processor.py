@@ -1,8 +1,12 @@
-"""Per-symbol event-time state: ticks and news in, fired forecast triggers out.
+"""Per-symbol event-time state: ticks, news and news watermarks in; fired forecast triggers out.
 
-A trigger at event time T (every cadence step, and each news item naming the symbol) fires once
-a tick later than T has arrived, so every tick at or before T is in the window; features and news
-are read as of T only (no look-ahead). Pure Python: the Faust agents are wiring over this.
+A trigger at event time T (every cadence step, and each news item naming the symbol) becomes
+*tick-complete* once a tick later than T has arrived, so every tick at or before T is in the window.
+It then fires when the news stream has also passed T (a news watermark above T), so the forecast
+sees exactly the news at or before T however ticks and news interleave on arrival. Two bounds keep
+it live: without watermarks a trigger waits at most `news_grace_ms` of wall time, and never more
+than `allowed_lateness_s` of event time behind the symbol's ticks. Features and news are read as
+of T only (no look-ahead). Pure Python: the Faust agents are wiring over this.
 """
 from __future__ import annotations
 
@@ -15,12 +19,13 @@ from agents.features import Features, TickWindow
 from agents.prompt import build_prompt
 from agents.signal import numeric_probs
 from schemas import InferenceRequest, NewsItem, Tick, forecast_id
+from schemas.fields import MAX_TS_NS
 
 MAX_SEEN_NEWS = 10_000
 
 
 class LateEventError(ValueError):
-    """A tick older than the symbol's watermark; the caller dead-letters it with reason `late`."""
+    """An event too far behind the symbol's ticks; the caller dead-letters it with reason `late`."""
 
     reason = "late"
 
@@ -34,96 +39,144 @@ class Fired:
     news_id: str | None
     features: Features
     news: tuple[NewsItem, ...]
-    ingest_wall_ns: int
+    ingest_wall_ns: int   # when the trigger became tick-complete: the start of its latency
 
 
 class SymbolState:
     def __init__(self, symbol: str, cfg: AgentsConfig) -> None:
         self.symbol = symbol
         self.cfg = cfg
-        self.window = TickWindow(keep_ns=cfg.long_window_s * NS_PER_S)
+        self.lateness_ns = cfg.allowed_lateness_s * NS_PER_S
+        self.window = TickWindow(keep_ns=cfg.long_window_s * NS_PER_S + self.lateness_ns)
         self.news: list[NewsItem] = []
         self.seen_news: OrderedDict[str, None] = OrderedDict()
-        self.pending: list[tuple[int, str]] = []  # heap of (ts_ns, news_id) news triggers
-        self.watermark_ns: int | None = None
+        self.waiting: list[tuple[int, str]] = []                 # news triggers waiting for ticks past them
+        self.held: list[tuple[int, str, str, int]] = []          # (T, trigger, news_id, ready_wall_ns)
+        self.tick_wm_ns: int | None = None
+        self.partition = 0
 
-    def on_tick(self, tick: Tick, wall_ns: int) -> list[Fired]:
-        if self.watermark_ns is not None and tick.ts_ns < self.watermark_ns:
-            raise LateEventError(f"{tick.symbol} tick at {tick.ts_ns} behind watermark {self.watermark_ns}")
-        due = self._due_cadence(tick.ts_ns) + self._due_news(tick.ts_ns)
-        fired = [f for f in (self._fire(t, kind, nid, wall_ns) for t, kind, nid in sorted(due)) if f]
+    def on_tick(self, tick: Tick, wall_ns: int, news_wm_ns: int | None) -> list[Fired]:
+        if self.tick_wm_ns is not None and tick.ts_ns < self.tick_wm_ns:
+            raise LateEventError(f"{tick.symbol} tick at {tick.ts_ns} behind its watermark {self.tick_wm_ns}")
+        for t, trigger, news_id in self._due_cadence(tick.ts_ns) + self._due_news(tick.ts_ns):
+            heapq.heappush(self.held, (t, trigger, news_id, wall_ns))
         self.window.add(tick)
-        self.watermark_ns = tick.ts_ns
+        self.tick_wm_ns = tick.ts_ns
         self._evict_news()
-        return fired
+        return self.release(wall_ns, news_wm_ns)
 
-    def on_news(self, item: NewsItem, wall_ns: int) -> list[Fired]:
+    def on_news(self, item: NewsItem, wall_ns: int, news_wm_ns: int | None) -> list[Fired]:
         if item.id in self.seen_news:
             return []
-        self.seen_news[item.id] = None
-        if len(self.seen_news) > MAX_SEEN_NEWS:
-            self.seen_news.popitem(last=False)
-        self._insert_news(item)
-        if self.watermark_ns is not None and item.ts_ns < self.watermark_ns:
-            fired = self._fire(item.ts_ns, "news", item.id, wall_ns)
-            return [fired] if fired else []
-        heapq.heappush(self.pending, (item.ts_ns, item.id))
-        return []
+        if self.tick_wm_ns is not None and self.tick_wm_ns - item.ts_ns > self.lateness_ns:
+            raise LateEventError(f"news {item.id} at {item.ts_ns} is over {self.cfg.allowed_lateness_s} s "
+                                 f"behind {self.symbol}'s ticks")
+        self._remember(item)
+        if self.tick_wm_ns is not None and item.ts_ns < self.tick_wm_ns:
+            heapq.heappush(self.held, (item.ts_ns, "news", item.id, wall_ns))
+        else:
+            heapq.heappush(self.waiting, (item.ts_ns, item.id))
+        return self.release(wall_ns, news_wm_ns)
 
-    def _due_cadence(self, ts_ns: int) -> list[tuple[int, str, str | None]]:
-        if self.watermark_ns is None:
+    def release(self, wall_ns: int, news_wm_ns: int | None) -> list[Fired]:
+        """Fire, in event-time order, the held triggers the news stream (or a bound) lets go."""
+        fired = []
+        while self.held and self._may_fire(self.held[0], wall_ns, news_wm_ns):
+            t, trigger, news_id, ready_wall_ns = heapq.heappop(self.held)
+            result = self._fire(t, trigger, news_id or None, ready_wall_ns)
+            if result:
+                fired.append(result)
+        return fired
+
+    def _may_fire(self, held: tuple[int, str, str, int], wall_ns: int, news_wm_ns: int | None) -> bool:
+        t, _, _, ready_wall_ns = held
+        return ((news_wm_ns is not None and news_wm_ns > t)
+                or wall_ns - ready_wall_ns >= self.cfg.news_grace_ms * 1_000_000
+                or self.tick_wm_ns - t > self.lateness_ns)
+
+    def _due_cadence(self, ts_ns: int) -> list[tuple[int, str, str]]:
+        if self.tick_wm_ns is None:
             return []
         step = self.cfg.cadence_ns
-        first = -(-self.watermark_ns // step) * step
-        return [(t, "cadence", None) for t in range(first, ts_ns, step)]
+        first = -(-self.tick_wm_ns // step) * step
+        return [(t, "cadence", "") for t in range(first, ts_ns, step)]
 
-    def _due_news(self, ts_ns: int) -> list[tuple[int, str, str | None]]:
+    def _due_news(self, ts_ns: int) -> list[tuple[int, str, str]]:
         due = []
-        while self.pending and self.pending[0][0] < ts_ns:
-            t, news_id = heapq.heappop(self.pending)
+        while self.waiting and self.waiting[0][0] < ts_ns:
+            t, news_id = heapq.heappop(self.waiting)
             due.append((t, "news", news_id))
         return due
 
-    def _fire(self, ts_ns: int, trigger: str, news_id: str | None, wall_ns: int) -> Fired | None:
+    def _fire(self, ts_ns: int, trigger: str, news_id: str | None, ready_wall_ns: int) -> Fired | None:
         cfg = self.cfg
         features = self.window.features_at(ts_ns, cfg.short_window_s * NS_PER_S, cfg.long_window_s * NS_PER_S)
         if features is None:
             return None
         return Fired(forecast_id(self.symbol, ts_ns, trigger, news_id), self.symbol, ts_ns, trigger, news_id,
-                     features, self._news_as_of(ts_ns), wall_ns)
+                     features, self._news_as_of(ts_ns), ready_wall_ns)
 
     def _news_as_of(self, ts_ns: int) -> tuple[NewsItem, ...]:
         oldest = ts_ns - self.cfg.news_window_s * NS_PER_S
         usable = [n for n in self.news if oldest <= n.ts_ns <= ts_ns]
         return tuple(usable[-self.cfg.max_news_in_prompt:])
 
-    def _insert_news(self, item: NewsItem) -> None:
+    def _remember(self, item: NewsItem) -> None:
+        self.seen_news[item.id] = None
+        if len(self.seen_news) > MAX_SEEN_NEWS:
+            self.seen_news.popitem(last=False)
         self.news.append(item)
         self.news.sort(key=lambda n: (n.ts_ns, n.id))
 
     def _evict_news(self) -> None:
-        oldest = self.watermark_ns - 2 * self.cfg.news_window_s * NS_PER_S
+        oldest = self.tick_wm_ns - self.cfg.news_window_s * NS_PER_S - self.lateness_ns
         while self.news and self.news[0].ts_ns < oldest:
             self.news.pop(0)
 
 
 class Processor:
-    """All symbols' states; one per agents worker (each owns the symbols of its partitions)."""
+    """All symbols' states of one agents worker, and the news watermarks of its partitions.
 
-    def __init__(self, cfg: AgentsConfig) -> None:
+    `news_origins` is the partition count of `news`: each symbol partition's news watermark is the
+    minimum over the watermarks forwarded from every `news` partition. With `gated=False` (events
+    already in event-time order, as from a tape) triggers fire as soon as they are tick-complete.
+    """
+
+    def __init__(self, cfg: AgentsConfig, *, news_origins: int = 1, gated: bool = True) -> None:
         self.cfg = cfg
+        self.news_origins = news_origins
+        self.gated = gated
         self.states: dict[str, SymbolState] = {}
+        self.watermarks: dict[tuple[int, int], int] = {}   # (partition, origin) -> ts_ns
 
-    def state(self, symbol: str) -> SymbolState:
+    def state(self, symbol: str, partition: int) -> SymbolState:
         if symbol not in self.states:
             self.states[symbol] = SymbolState(symbol, self.cfg)
-        return self.states[symbol]
+        state = self.states[symbol]
+        state.partition = partition
+        return state
 
-    def on_tick(self, tick: Tick, wall_ns: int) -> list[Fired]:
-        return self.state(tick.symbol).on_tick(tick, wall_ns)
+    def news_watermark(self, partition: int) -> int | None:
+        if not self.gated:
+            return MAX_TS_NS
+        marks = [self.watermarks.get((partition, origin)) for origin in range(self.news_origins)]
+        return None if None in marks else min(marks)
 
-    def on_news(self, item: NewsItem, symbol: str, wall_ns: int) -> list[Fired]:
-        return self.state(symbol).on_news(item, wall_ns)
+    def on_tick(self, tick: Tick, wall_ns: int, partition: int = 0) -> list[Fired]:
+        return self.state(tick.symbol, partition).on_tick(tick, wall_ns, self.news_watermark(partition))
+
+    def on_news(self, item: NewsItem, symbol: str, wall_ns: int, partition: int = 0) -> list[Fired]:
+        return self.state(symbol, partition).on_news(item, wall_ns, self.news_watermark(partition))
+
+    def on_news_watermark(self, ts_ns: int, origin: int, wall_ns: int, partition: int = 0) -> list[Fired]:
+        key = (partition, origin)
+        self.watermarks[key] = max(ts_ns, self.watermarks.get(key, ts_ns))
+        mark = self.news_watermark(partition)
+        return [f for s in self.states.values() if s.partition == partition for f in s.release(wall_ns, mark)]
+
+    def release_all(self, wall_ns: int) -> list[Fired]:
+        """For a timer: fire what the wall-clock grace now lets go."""
+        return [f for s in self.states.values() for f in s.release(wall_ns, self.news_watermark(s.partition))]
 
     def request(self, fired: Fired, created_wall_ns: int) -> InferenceRequest:
         cfg = self.cfg

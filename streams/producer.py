@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import DeadLetter, NewsItem, Quote, SchemaError, Tick, Trade, encode, tick_from_obj
+from schemas import DeadLetter, NewsItem, NewsWatermark, Quote, SchemaError, Tick, Trade, encode, tick_from_obj
 from streams.settings import KafkaSettings
 
 
@@ -63,6 +63,13 @@ class FeedProducer:
     async def send_news(self, item: NewsItem | dict[str, Any]) -> None:
         record = NewsItem.from_obj(_news_obj(item) if isinstance(item, NewsItem) else item)
         await self.producer.send(self.settings.topics.news, encode(record), key=record.symbols[0].encode())
+
+    async def send_news_watermark(self, ts_ns: int, source: str = "feed") -> None:
+        """Promise that no news older than `ts_ns` will follow, so the agents need not wait for it."""
+        topic = self.settings.topics.news
+        value = encode(NewsWatermark.from_obj({"source": source, "ts_ns": ts_ns}))
+        for partition in sorted(await self.producer.partitions_for(topic)):
+            await self.producer.send(topic, value, partition=partition)
 
     async def flush(self) -> None:
         await self.producer.flush()

@@ -10,12 +10,15 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
+from schemas import NewsWatermark, encode
 from streams.producer import make_producer
 from streams.settings import KafkaSettings
 from streams.tape import Tape
 
 NS_PER_S = 1_000_000_000
 MAX_SLEEP_S = 1.0
+WATERMARK_EVERY_NS = NS_PER_S
+WATERMARK_SOURCE = "replay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +56,34 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
     started = time.monotonic()
     pacer = _Pacer(speed)
     try:
+        news_partitions = sorted(await producer.partitions_for(topics.news))
         bar = tqdm(total=len(tape.ticks) + len(tape.news), unit="ev", disable=not _show(progress))
+        marked_ns = None
         for kind, row in tape.events():
-            await pacer.wait(row.get("ts_ns"))
+            ts_ns = row.get("ts_ns")
+            await pacer.wait(ts_ns)
+            if isinstance(ts_ns, int) and (marked_ns is None or ts_ns - marked_ns >= WATERMARK_EVERY_NS):
+                await _news_watermark(producer, topics.news, news_partitions, ts_ns)
+                marked_ns = ts_ns
             topic = topics.ticks if kind == "tick" else topics.news
             await producer.send(topic, record_bytes(row), key=record_key(kind, row))
             counts[kind] += 1
             bar.update(1)
+        if marked_ns is not None:
+            await _news_watermark(producer, topics.news, news_partitions, max(marked_ns, tape.end_ns or 0) + 1)
         await producer.flush()
         bar.close()
     finally:
         await producer.stop()
     return ReplayStats(counts["tick"], counts["news"], time.monotonic() - started, pacer.max_lag_s)
+
+
+async def _news_watermark(producer: Any, topic: str, partitions: list[int], ts_ns: int) -> None:
+    """Promise no more news before `ts_ns` (all of it is sent: events go out in event-time order,
+    and at equal times ticks go before news, so a mark at a tick's time covers only earlier news)."""
+    value = encode(NewsWatermark(WATERMARK_SOURCE, ts_ns))
+    for partition in partitions:
+        await producer.send(topic, value, partition=partition)
 
 
 def _show(progress: bool | None) -> bool:

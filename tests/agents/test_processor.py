@@ -19,7 +19,7 @@ def news(nid, ts_s, *syms, headline="ACME beats estimates"):
 
 
 def test_cadence_fires_once_a_later_tick_arrives_without_look_ahead():
-    p = Processor(AgentsConfig(cadence_s=60))
+    p = Processor(AgentsConfig(cadence_s=60), gated=False)
     assert p.on_tick(trade(0, 100.0), 0) == []        # T0 itself is due only once a later tick arrives
     assert p.on_tick(trade(30, 101.0), 0)[0].ts_ns == T0
     assert p.on_tick(trade(59.9, 102.0), 0) == []
@@ -29,14 +29,14 @@ def test_cadence_fires_once_a_later_tick_arrives_without_look_ahead():
 
 
 def test_gap_fires_every_missed_cadence_step_in_order():
-    p = Processor(AgentsConfig(cadence_s=60))
+    p = Processor(AgentsConfig(cadence_s=60), gated=False)
     p.on_tick(trade(1, 100.0), 0)
     fired = p.on_tick(trade(200, 100.0), 0)
     assert [f.ts_ns - T0 for f in fired] == [60 * S, 120 * S, 180 * S]
 
 
 def test_news_trigger_waits_for_later_tick_and_only_sees_past_news():
-    p = Processor(AgentsConfig(cadence_s=3600))
+    p = Processor(AgentsConfig(cadence_s=3600), gated=False)
     p.on_tick(trade(1, 100.0), 0)
     assert p.on_news(news("n1", 10), "ACME", 0) == []
     assert p.on_news(news("n2", 20), "ACME", 0) == []
@@ -46,7 +46,7 @@ def test_news_trigger_waits_for_later_tick_and_only_sees_past_news():
 
 
 def test_late_news_fires_at_once_and_duplicates_are_ignored():
-    p = Processor(AgentsConfig(cadence_s=3600))
+    p = Processor(AgentsConfig(cadence_s=3600), gated=False)
     p.on_tick(trade(1, 100.0), 0)
     p.on_tick(trade(50, 101.0), 0)
     fired = p.on_news(news("n1", 20), "ACME", 0)
@@ -55,7 +55,7 @@ def test_late_news_fires_at_once_and_duplicates_are_ignored():
 
 
 def test_no_trigger_before_first_trade_and_late_ticks_rejected():
-    p = Processor(AgentsConfig(cadence_s=60))
+    p = Processor(AgentsConfig(cadence_s=60), gated=False)
     p.on_tick(Quote("ACME", T0 - 10 * S, 99.0, 1, 99.1, 1), 0)
     assert p.on_tick(trade(61, 100.0), 0) == []         # T0 had no trade at or before it
     with pytest.raises(LateEventError):
@@ -85,3 +85,57 @@ def test_trigger_set_independent_of_news_arrival_order():
     assert ids == {f.id for f in fired_triggers(news_first, AgentsConfig())}
     # cadence at 0, 60, ..., 360 s (last tick at 413 s) and each of the 8 news for ACME; BOLT has no ticks
     assert len(ids) == 7 + 8
+
+
+MS = 1_000_000
+
+
+def test_gated_trigger_waits_for_news_watermark_from_every_news_partition():
+    p = Processor(AgentsConfig(cadence_s=60, news_grace_ms=10_000), news_origins=2)
+    p.on_tick(trade(1, 100.0), 0)
+    assert p.on_tick(trade(61, 101.0), 0) == []            # tick-complete for T0+60, but news not yet
+    assert p.on_news_watermark(T0 + 61 * S, 0, 0) == []    # only one of the two news partitions
+    p.on_news(news("n1", 59), "ACME", 0)                   # news before T arrives late but in time
+    fired = p.on_news_watermark(T0 + 61 * S, 1, 0)
+    assert [f.ts_ns for f in fired if f.trigger == "cadence"] == [T0 + 60 * S]
+    cadence = next(f for f in fired if f.trigger == "cadence")
+    assert [n.id for n in cadence.news] == ["n1"]
+
+
+def test_grace_and_lateness_bound_release_without_watermarks():
+    p = Processor(AgentsConfig(cadence_s=60, news_grace_ms=500, allowed_lateness_s=120))
+    p.on_tick(trade(1, 100.0), 1_000 * MS)
+    assert p.on_tick(trade(61, 100.0), 1_000 * MS) == []
+    assert p.release_all(1_400 * MS) == []
+    assert [f.ts_ns for f in p.release_all(1_500 * MS)] == [T0 + 60 * S]
+    p.on_tick(trade(121, 100.0), 2_000 * MS)               # T0+120 held ...
+    assert [f.ts_ns for f in p.on_tick(trade(250, 100.0), 2_000 * MS)] == [T0 + 120 * S]  # ... until too late
+
+
+def test_news_beyond_allowed_lateness_is_rejected_as_late():
+    p = Processor(AgentsConfig(allowed_lateness_s=60))
+    p.on_tick(trade(1, 100.0), 0)
+    p.on_tick(trade(200, 100.0), 0)
+    with pytest.raises(LateEventError) as err:
+        p.on_news(news("old", 100), "ACME", 0)
+    assert err.value.reason == "late"
+
+
+def test_gated_live_order_gives_the_same_forecasts_as_the_tape_order():
+    """News delivered after the ticks that pass it, but before the watermark: same triggers, same news."""
+    ticks = [("tick", {"symbol": "ACME", "ts_ns": T0 + i * 5 * S, "price": 100.0 + i % 4, "size": 1.0,
+                       "kind": "trade"}) for i in range(100)]
+    items = [("news", {"id": f"n{i}", "ts_ns": T0 + (i * 53 + 2) * S, "source": "w", "headline": f"h{i}",
+                       "symbols": ["ACME"]}) for i in range(9)]
+    offline = {f.id: f for f in fired_triggers(sorted(ticks + items, key=lambda e: e[1]["ts_ns"]), AgentsConfig())}
+    live = Processor(AgentsConfig(news_grace_ms=10**9))
+    got, pending = [], list(items)
+    for _, row in ticks:                     # news reaches the agents 30 s (event time) after its ticks,
+        while pending and pending[0][1]["ts_ns"] + 30 * S <= row["ts_ns"]:   # watermarks trail by 40 s
+            got += live.on_news(NewsItem.from_obj(pending.pop(0)[1]), "ACME", 0)
+        got += live.on_tick(Trade.from_obj(row), 0)
+        got += live.on_news_watermark(row["ts_ns"] - 40 * S, 0, 0)
+    for _, row in pending:
+        got += live.on_news(NewsItem.from_obj(row), "ACME", 0)
+    got += live.on_news_watermark(T0 + 10_000 * S, 0, 0)
+    assert len(got) == len(offline) and {f.id: f for f in got} == offline

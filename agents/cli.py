@@ -1,0 +1,47 @@
+"""`finllm demo`: the command around `agents.demo.run_demo`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import orjson
+
+from agents.demo import DemoOptions, run_demo
+from streams.synth import sample_tape_path
+
+
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("--tape", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Tape folder (default: the bundled sample tape).")
+@click.option("--speed", type=float, help="Replay at this multiple of real time (default: as fast as possible).")
+@click.option("--partitions", default=4, show_default=True)
+@click.option("--bootstrap", envvar="FINLLM_KAFKA_BOOTSTRAP", help="Use this Kafka instead of the embedded broker.")
+@click.option("--redis", "redis_url", envvar="FINLLM_REDIS_URL", help="Use this Redis instead of the embedded one.")
+@click.option("--engine", type=click.Choice(["hf", "paged"]), default="hf", show_default=True)
+@click.option("--model", type=click.Path(exists=True, file_okay=False), envvar="FINLLM_MODEL",
+              help="Local Hugging Face checkpoint folder (default: the embedded tiny model).")
+@click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for forecasts.")
+def demo(out_dir: Path, tape: Path | None, speed: float | None, partitions: int, bootstrap: str | None,
+         redis_url: str | None, engine: str, model: str | None, timeout_s: float) -> None:
+    """Replay a tape through the whole pipeline and report forecasts, latency and accuracy."""
+    opts = DemoOptions(out_dir, tape or sample_tape_path(), speed, partitions, bootstrap, redis_url, engine,
+                       model, timeout_s)
+    report = run_demo(opts)
+    (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    click.echo(summary(report))
+    if report["missing"]:
+        raise click.ClickException(f"{report['missing']} of {report['triggers']} triggers got no forecast")
+
+
+def summary(report: dict) -> str:
+    lat = report["latency_ms"]
+    return "\n".join([
+        f"events replayed   {report['events']} ({report['ticks']} ticks, {report['news']} news)",
+        f"forecasts         {report['forecasts']} of {report['triggers']} triggers "
+        f"(missing {report['missing']}, duplicates on the wire {report['wire_duplicates']})",
+        f"status            {report['status']}, dead letters {report['deadletters'] or 0}",
+        f"tick-to-forecast  p50 {lat['p50']} ms, p99 {lat['p99']} ms",
+        f"accuracy          fused {report['accuracy']}, numeric {report['accuracy_numeric']}, "
+        f"llm {report['accuracy_llm']} over {report['scored']} scored forecasts",
+    ])

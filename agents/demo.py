@@ -1,0 +1,156 @@
+"""`finllm demo`: the whole pipeline on one machine, from a tape to scored forecasts.
+
+Start (or use) Kafka and Redis, create the topics, start the agents and inference workers as
+separate processes, replay the tape, wait for every forecast its triggers must yield, stop
+everything, and report counts, latency and directional accuracy against the tape's realised moves.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from agents.config import AgentsConfig
+from agents.offline import fired_triggers
+from agents.report import build_report, forecasts_frame
+from schemas import Forecast, SchemaError, decode_deadletter, decode_forecast
+from streams.admin import ensure_topics
+from streams.embedded import EmbeddedKafka, EmbeddedRedis, ServiceConfig
+from streams.processes import WorkerProcess
+from streams.replay import replay
+from streams.settings import KafkaSettings
+from streams.tape import Tape
+from streams.topics import Topics
+
+READY_TIMEOUT_S = 240.0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    out_dir: Path
+    tape: Path
+    speed: float | None = None          # None: replay as fast as possible
+    partitions: int = 4
+    bootstrap: str | None = None        # None: start the embedded broker
+    redis_url: str | None = None        # None: start the embedded Redis
+    engine: str = "hf"
+    model: str | None = None
+    timeout_s: float = 600.0            # for all forecasts to arrive after the replay
+
+
+@contextlib.contextmanager
+def services(opts: DemoOptions, workdir: Path) -> Iterator[tuple[str, str, bool]]:
+    """(bootstrap, redis_url, embedded_kafka): the given services, or embedded ones started here."""
+    with contextlib.ExitStack() as stack:
+        bootstrap, redis_url = opts.bootstrap, opts.redis_url
+        if not bootstrap:
+            bootstrap = stack.enter_context(EmbeddedKafka(ServiceConfig(workdir)).start()).bootstrap
+        if not redis_url:
+            redis_url = stack.enter_context(EmbeddedRedis(ServiceConfig(workdir)).start()).url
+        yield bootstrap, redis_url, not opts.bootstrap
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = opts.out_dir / "run"
+    workdir.mkdir(exist_ok=True)
+    tape = Tape.read(opts.tape)
+    cfg = AgentsConfig.from_env()
+    expected = {f.id for f in fired_triggers(tape.events(), cfg)}
+    run_id = uuid.uuid4().hex[:8]
+    with services(opts, workdir) as (bootstrap, redis_url, embedded):
+        prefix = os.environ.get("FINLLM_TOPIC_PREFIX", "" if embedded else f"demo-{run_id}.")
+        kafka = KafkaSettings.from_env(bootstrap) if not embedded else KafkaSettings(bootstrap)
+        kafka = KafkaSettings(bootstrap, Topics(prefix, opts.partitions), kafka.security_protocol,
+                              kafka.sasl_mechanism, kafka.sasl_username, kafka.sasl_password, kafka.ssl_cafile)
+        result = asyncio.run(_pipeline(opts, tape, kafka, redis_url, expected, run_id, workdir))
+    report = build_report(tape, cfg, expected, result)
+    forecasts_frame(result["forecasts"], tape).write_parquet(opts.out_dir / "forecasts.parquet")
+    return report
+
+
+async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_url: str, expected: set[str],
+                    run_id: str, workdir: Path) -> dict:
+    await ensure_topics(kafka.bootstrap, kafka.topics.all())
+    env = dict(os.environ, **kafka.env(), FINLLM_REDIS_URL=redis_url, FINLLM_ENGINE=opts.engine,
+               FINLLM_AGENTS_APP_ID=f"finllm-agents-{run_id}", FINLLM_INFERENCE_GROUP=f"finllm-inference-{run_id}")
+    if opts.model:
+        env["FINLLM_MODEL"] = opts.model
+    started = time.monotonic()
+    workers = [WorkerProcess("agents", "agents.worker", env, workdir),
+               WorkerProcess("inference", "inference.worker", env, workdir)]
+    try:
+        for worker in workers:
+            await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT_S)
+        startup_s = time.monotonic() - started
+        collector = _Collector(kafka, expected)
+        collecting = asyncio.create_task(collector.run())
+        await collector.started.wait()
+        stats = await replay(tape, kafka, speed=opts.speed)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(collector.done.wait(), opts.timeout_s)
+    finally:
+        exit_codes = {w.name: w.stop() for w in workers}
+    collector.stop()
+    await collecting
+    return {"forecasts": list(collector.forecasts.values()), "wire_forecasts": collector.wire_count,
+            "deadletters": collector.deadletters, "replay": stats, "startup_s": startup_s,
+            "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed}
+
+
+class _Collector:
+    """Reads `forecasts` (deduplicated by id) and counts `deadletter` records until every expected id came."""
+
+    def __init__(self, kafka: KafkaSettings, expected: set[str]) -> None:
+        self.kafka, self.expected = kafka, expected
+        self.forecasts: dict[str, Forecast] = {}
+        self.wire_count = 0
+        self.deadletters: dict[str, int] = {}
+        self.started, self.done, self._stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        if not expected:
+            self.done.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        topics = self.kafka.topics
+        consumer = AIOKafkaConsumer(topics.forecasts, topics.deadletter, **self.kafka.client_kwargs(),
+                                    group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        self.started.set()
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100)
+                for record in (r for part in batch.values() for r in part):
+                    self._take(record.topic, record.value or b"")
+        finally:
+            await consumer.stop()
+
+    def _take(self, topic: str, value: bytes) -> None:
+        if topic == self.kafka.topics.deadletter:
+            reason = _reason(value)
+            self.deadletters[reason] = self.deadletters.get(reason, 0) + 1
+            return
+        try:
+            forecast = decode_forecast(value)
+        except SchemaError:
+            return
+        self.wire_count += 1
+        self.forecasts.setdefault(forecast.id, forecast)
+        if self.expected <= self.forecasts.keys():
+            self.done.set()
+
+
+def _reason(value: bytes) -> str:
+    try:
+        return decode_deadletter(value).reason
+    except SchemaError:
+        return "unreadable"
