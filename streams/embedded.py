@@ -67,17 +67,21 @@ def _die_with_parent_hook():
     return hook
 
 
-class _ChildProcess:
-    """One service process: spawn into its own session, stop it for good."""
+class ChildProcess:
+    """A process in its own session that dies with us and is stopped for good.
 
-    def __init__(self, argv: list[str], log_path: Path) -> None:
+    stdout and stderr are appended to `log_path`. Also used to run Faust
+    and inference workers as separate processes.
+    """
+
+    def __init__(self, argv: list[str], log_path: Path, *, env: dict[str, str] | None = None) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         with open(log_path, "ab") as log_file:
             self._popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent_hook(), env=_quiet_env(),
+                preexec_fn=_die_with_parent_hook(), env=env or _quiet_env(),
             )
 
     @property
@@ -87,22 +91,26 @@ class _ChildProcess:
     def has_exited(self) -> bool:
         return self._popen.poll() is not None
 
-    def stop(self, timeout_s: float) -> None:
-        """SIGTERM the process group, wait, then SIGKILL whatever is left."""
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signal the whole process group (start_new_session: pgid == pid)."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout_s: float) -> int:
+        """Exit code; raises subprocess.TimeoutExpired if still running."""
+        return self._popen.wait(timeout=timeout_s)
+
+    def stop(self, timeout_s: float) -> int:
+        """SIGTERM the process group, wait, then SIGKILL; returns the exit code."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            self._signal_group(sig)
+            self.send_signal(sig)
             try:
-                self._popen.wait(timeout=timeout_s)
-                return
+                return self.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 continue
         raise EmbeddedServiceError(f"pid {self.pid} survived SIGKILL")
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.pid, sig)  # start_new_session: pgid == pid
-        except ProcessLookupError:
-            pass
 
     def log_tail(self, num_lines: int = 30) -> str:
         try:
@@ -132,7 +140,7 @@ class _EmbeddedService:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self._process: _ChildProcess | None = None
+        self._process: ChildProcess | None = None
         self._port: int | None = None
 
     # Subclasses describe the command line and the readiness probe.
@@ -165,7 +173,7 @@ class _EmbeddedService:
         attempts = 1 if self.config.port is not None else _BIND_ATTEMPTS
         for attempt in range(attempts):
             port = self.config.port or free_port(self.config.host)
-            process = _ChildProcess(self._argv(port), self.log_path)
+            process = ChildProcess(self._argv(port), self.log_path)
             if self._wait_ready(process, port):
                 self._process, self._port = process, port
                 return self
@@ -174,7 +182,7 @@ class _EmbeddedService:
             f"{self.name} exited during startup {attempts} time(s); "
             f"log tail ({self.log_path}):\n{process.log_tail()}")
 
-    def _wait_ready(self, process: _ChildProcess, port: int) -> bool:
+    def _wait_ready(self, process: ChildProcess, port: int) -> bool:
         """True once ready, False if the process died (e.g. port taken)."""
         deadline_s = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline_s:
