@@ -38,13 +38,17 @@ class EmbeddedServiceError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """Where and how to run one embedded service; `port=None` picks a free one."""
+    """Where and how to run one embedded service; `port=None` picks a free one.
+
+    Tansu ignores SIGTERM while clients stay connected, and its memory
+    storage has nothing to flush, so the SIGKILL fallback comes quickly.
+    """
 
     workdir: Path
     host: str = LOCALHOST
     port: int | None = None
     startup_timeout_s: float = 20.0
-    stop_timeout_s: float = 5.0
+    stop_timeout_s: float = 1.0
 
 
 def _die_with_parent_hook():

@@ -59,6 +59,17 @@ def test_kafka_answers_metadata_then_frees_port_and_pid(tmp_workdir: Path) -> No
     assert "listening on: tcp://127.0.0.1" in (tmp_workdir / "tansu.log").read_text()
 
 
+def test_kafka_stops_promptly_while_a_client_is_still_connected(tmp_workdir: Path) -> None:
+    kafka = EmbeddedKafka(ServiceConfig(tmp_workdir)).start()
+    client = socket.create_connection(("127.0.0.1", kafka.port))  # Tansu waits on it
+    started_s = time.monotonic()
+    port = kafka.port
+    kafka.stop()
+    client.close()
+    assert time.monotonic() - started_s < 3
+    assert port_is_free(port)
+
+
 def test_redis_answers_commands_then_frees_port_and_pid(tmp_workdir: Path) -> None:
     with EmbeddedRedis(ServiceConfig(tmp_workdir)) as server:
         port, pid = server.port, server.pid
