@@ -5,9 +5,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
+
+from inference.kernels import sgmv, step_segments
+
+if TYPE_CHECKING:
+    from inference.kernels.sgmv import SegmentTable
 
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
@@ -109,11 +115,21 @@ class LoraSlotWeights:
 
 @dataclass(frozen=True, slots=True)
 class LoraBatch:
-    """The step's LoRA view: which token segments use which slot, over the slot stacks."""
+    """The step's LoRA view: which token segments use which slot, over the slot stacks.
+
+    `kernel_segments` is the same segments in the form the `sgmv` dispatcher takes (a device table
+    on the Triton path), built once per step by `for_step`.
+    """
 
     weights: LoraSlotWeights
     segments: list[LoraSegment]
+    kernel_segments: list[LoraSegment] | SegmentTable
+
+    @classmethod
+    def for_step(cls, weights: LoraSlotWeights, segments: list[LoraSegment]) -> "LoraBatch":
+        return cls(weights, segments, step_segments(segments, next(iter(weights.a.values()))))
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, module: str) -> None:
+        """y: [T, out] += each token's LoRA delta of `module` in `layer`, x: [T, in]."""
         if self.segments and module in self.weights.a:
-            sgmv_ref(y, x, self.weights.a[module][layer], self.weights.b[module][layer], self.segments)
+            sgmv(y, x, self.weights.a[module][layer], self.weights.b[module][layer], self.kernel_segments)

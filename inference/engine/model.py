@@ -2,7 +2,8 @@
 
 Every step runs all scheduled tokens of all requests as one flat batch `[T]`; attention
 writes the step's K/V into the cache slots of each token and reads each request's
-context back through its block table (`paged_attention_ref`).
+context back through its block table (`inference.kernels.paged_attention`: Triton on CUDA,
+`paged_attention_ref` below elsewhere).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from inference.engine.lora import LoraBatch
+from inference.kernels import paged_attention
 
 SUPPORTED = ("qwen2", "llama")
 
@@ -220,8 +222,8 @@ class Transformer:
         k_cache, v_cache = kv_cache[0], kv_cache[1]                              # [NB, BS, Hkv, D]
         k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, k)
         v_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, v)
-        out = paged_attention_ref(q, k_cache, v_cache, attn.block_tables, attn.seq_lens,
-                                  attn.query_start_loc, c.head_dim ** -0.5).flatten(1)  # [T, q]
+        out = paged_attention(q, k_cache, v_cache, attn.block_tables, attn.seq_lens,
+                              attn.query_start_loc, c.head_dim ** -0.5).flatten(1)      # [T, q]
         y = F.linear(out, layer.o, layer.o_bias)
         if lora is not None:
             lora.apply(y, out, i, "o_proj")

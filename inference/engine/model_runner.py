@@ -27,7 +27,7 @@ class ModelRunner:
         """Run every scheduled chunk; return outputs for chunks that complete their sequence."""
         chunks = sorted(out.chunks, key=lambda c: _slot_key(c, slot_of))   # group tokens by adapter
         input_ids, positions, attn = self._prepare(chunks, block_tables)
-        lora = LoraBatch(self.lora_weights, self._segments(chunks, slot_of))
+        lora = LoraBatch.for_step(self.lora_weights, self._segments(chunks, slot_of))
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, lora)   # [T, H]
         sampled = [(c, attn.query_start_loc[b + 1] - 1) for b, c in enumerate(chunks) if c.completes_sequence]
         return self._read_outputs(hidden, sampled)

@@ -14,6 +14,7 @@ import torch
 
 if TYPE_CHECKING:
     from inference.engine.lora import LoraSegment
+    from inference.kernels.sgmv import SegmentTable
 
 FORCE_TRITON_ENV = "FINLLM_FORCE_TRITON"
 
@@ -32,9 +33,24 @@ def use_triton(t: torch.Tensor) -> bool:
     return True
 
 
+def step_segments(segments: list[LoraSegment], like: torch.Tensor) -> list[LoraSegment] | SegmentTable:
+    """The step's segments in the form `sgmv` takes for tensors like `like`, built once per step.
+
+    Triton gets a device `SegmentTable` (two host-to-device copies per step instead of per module);
+    the reference keeps the list.
+    """
+    if not segments or not use_triton(like):
+        return segments
+    from inference.kernels.sgmv import SegmentTable
+    return SegmentTable.from_segments(segments, like.device)
+
+
 def sgmv(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-         segments: list[LoraSegment]) -> None:
-    """y[i] += (x[i] @ lora_a[slot, :, :rank]) @ lora_b[slot, :rank] * scale for each segment's tokens."""
+         segments: list[LoraSegment] | SegmentTable) -> None:
+    """y[i] += (x[i] @ lora_a[slot, :, :rank]) @ lora_b[slot, :rank] * scale for each segment's tokens.
+
+    A `SegmentTable` (from `step_segments`) is only for the Triton path.
+    """
     if use_triton(x):
         from inference.kernels.sgmv import sgmv_triton
         sgmv_triton(y, x, lora_a, lora_b, segments)
