@@ -34,9 +34,10 @@ class WorkerConfig:
     max_batch: int = 32
     poll_timeout_ms: int = 50
     session_timeout_ms: int = 10_000
-    engine: str = "hf"               # "hf" (transformers) or "paged" (our multi-LoRA engine)
+    engine: str = "paged"            # "paged" (our multi-LoRA engine) or "hf" (transformers + PEFT)
     model_dir: str | None = None     # None: the embedded default model, built on first use
     adapters: tuple[tuple[str, str], ...] = ()
+    device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -45,20 +46,25 @@ class WorkerConfig:
         return cls(group_id=env.get("FINLLM_INFERENCE_GROUP", default.group_id),
                    max_batch=int(env.get("FINLLM_MAX_BATCH", default.max_batch)),
                    engine=env.get("FINLLM_ENGINE", default.engine), model_dir=env.get("FINLLM_MODEL") or None,
-                   adapters=adapters)
+                   adapters=adapters, device=env.get("FINLLM_DEVICE") or None)
 
 
 def build_scorer(cfg: WorkerConfig) -> Scorer:
+    """The configured backend. EngineScorer answers items naming an unregistered adapter as failed
+    (status llm_error) instead of failing the batch."""
+    import torch
+
     from inference.models import resolve_model_dir
 
     model_dir = str(resolve_model_dir(cfg.model_dir))
     adapters = dict(cfg.adapters)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.engine == "paged":
         from inference.engine.scorer import EngineScorer
-        return EngineScorer(model_dir, adapters=adapters)
+        return EngineScorer(model_dir, adapters=adapters, device=device)
     if cfg.engine == "hf":
         from inference.hf_scorer import HFScorer
-        return HFScorer(model_dir, max_batch=cfg.max_batch, adapters=adapters)
+        return HFScorer(model_dir, device=device, max_batch=cfg.max_batch, adapters=adapters)
     raise ValueError(f"unknown engine {cfg.engine!r}: use 'hf' or 'paged'")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
@@ -9,7 +10,10 @@ from typing import Sequence
 from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine, RequestOutput
 from inference.engine.sequence import RequestKind, RequestStatus
+from inference.modelbuild import model_fingerprint
 from inference.scoring import LABELS, ScoreItem, ScoreResult
+
+log = logging.getLogger("finllm.engine")
 
 
 def label_token_ids(tokenizer, labels: Sequence[str] = LABELS) -> tuple[int, ...]:
@@ -34,11 +38,13 @@ class EngineScorer:
                  config: EngineConfig | None = None) -> None:
         from transformers import AutoTokenizer
 
-        self.model_name = Path(model_dir).name
+        self.model_name = f"{Path(model_dir).resolve().name}@{model_fingerprint(model_dir)}"   # as HFScorer
         self.engine = Engine(model_dir, config, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.label_token_ids = label_token_ids(self.tokenizer)
         self._ids = itertools.count()
+        self._unknown_adapters: set[str] = set()     # logged once each
+        self.num_rejected = 0
         for name, path in (adapters or {}).items():
             self.register_adapter(name, path)
 
@@ -49,18 +55,30 @@ class EngineScorer:
         self.engine.remove_adapter(name)
 
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
-        """Raises KeyError for an item naming an unregistered adapter (nothing is submitted then)."""
-        for item in items:
-            if item.adapter is not None and item.adapter not in self.engine.registry:
-                raise KeyError(f"adapter {item.adapter!r} is not registered")
-        internal = {}
-        for item in items:
-            rid = f"score-{next(self._ids)}"
-            internal[rid] = item
+        """Results in the order of `items`. An item the engine cannot take (an unregistered adapter,
+        a prompt longer than the KV pool) is answered as failed: probs None, not expired."""
+        submitted = [(item, self._submit(item)) for item in items]
+        outputs = self._drain({rid for _, rid in submitted if rid is not None})
+        return [self._result(item, outputs[rid]) if rid is not None else ScoreResult(item.request_id, None)
+                for item, rid in submitted]
+
+    def _submit(self, item: ScoreItem) -> str | None:
+        """Add the item to the engine and return its engine id; None when refused (logged)."""
+        if item.adapter is not None and item.adapter not in self.engine.registry:
+            self.num_rejected += 1
+            if item.adapter not in self._unknown_adapters:
+                self._unknown_adapters.add(item.adapter)
+                log.warning("adapter %r is not registered: its requests get no LLM score", item.adapter)
+            return None
+        rid = f"score-{next(self._ids)}"
+        try:
             self.engine.add_request(rid, self._encode(item.prompt), RequestKind.SCORE, adapter=item.adapter,
                                     deadline_ns=item.deadline_ns, label_token_ids=self.label_token_ids)
-        outputs = self._drain(set(internal))
-        return [self._result(item, outputs[rid]) for rid, item in internal.items()]
+        except ValueError as error:
+            self.num_rejected += 1
+            log.warning("request %s not scored: %s", item.request_id, error)
+            return None
+        return rid
 
     def _encode(self, prompt: str) -> list[int]:
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=True)
@@ -81,7 +99,7 @@ class EngineScorer:
         return ScoreResult(item.request_id, softmax(output.label_logits))
 
     def metrics(self) -> dict:
-        return self.engine.metrics()
+        return {**self.engine.metrics(), "rejected_items": self.num_rejected}
 
     def close(self) -> None:
         for request in list(self.engine.scheduler.waiting + self.engine.scheduler.running):

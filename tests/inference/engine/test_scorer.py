@@ -1,3 +1,4 @@
+import logging
 import time
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 
 from inference.engine.config import EngineConfig
 from inference.engine.scorer import EngineScorer
-from inference.scoring import ScoreItem
+from inference.scoring import ScoreItem, ScoreResult
 
 from .reference import HFReference
 
@@ -44,9 +45,21 @@ def test_adapters_register_and_remove_at_runtime(scorer, tiny_qwen2):
     with_c, without = scorer.score([ScoreItem("1", "the rate", adapter="c"), ScoreItem("2", "the rate")])
     assert with_c.probs != without.probs
     scorer.remove_adapter("c")
-    with pytest.raises(KeyError):
-        scorer.score([ScoreItem("3", "the rate", adapter="c")])
+    assert scorer.score([ScoreItem("3", "the rate", adapter="c")]) == [ScoreResult("3", None, expired=False)]
     metrics = scorer.metrics()
     assert {"queue_depth", "running", "kv_blocks_used", "kv_blocks_free", "prefix_cache_hit_rate",
             "adapter_loads", "adapter_evictions", "ttft_s_p50", "step_time_s_p50"} <= set(metrics)
     assert metrics["kv_blocks_used"] == 0 and metrics["adapter_loads"] == 1
+
+
+def test_unknown_adapter_and_oversized_prompt_fail_per_item_and_log_once(scorer, caplog):
+    items = [ScoreItem("u1", "the rate", adapter="nope"), ScoreItem("ok", "the price rose", adapter="a"),
+             ScoreItem("u2", "the bond", adapter="nope"), ScoreItem("long", "the price " * 600)]
+    with caplog.at_level(logging.WARNING, logger="finllm.engine"):
+        results = scorer.score(items)
+        again = scorer.score([ScoreItem("u3", "the stock", adapter="nope")])
+    assert [r.request_id for r in results] == ["u1", "ok", "u2", "long"]
+    assert [r.probs is None for r in results] == [True, False, True, True]
+    assert not any(r.expired for r in results + again) and again[0].probs is None
+    assert sum("'nope' is not registered" in m for m in caplog.messages) == 1
+    assert scorer.metrics()["rejected_items"] == 4 and scorer.metrics()["kv_blocks_used"] == 0
