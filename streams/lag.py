@@ -50,13 +50,16 @@ class LagProbe:
         self.reader: AIOKafkaConsumer | None = None
         self.client: AIOKafkaClient | None = None   # metadata of all topics (a consumer's narrows to its own)
         self.groups: dict[str, AIOKafkaConsumer] = {}
+        self.assigned: set[TopicPartition] = set()
 
     async def lag(self, group: str, topics: list[str]) -> list[PartitionLag]:
         counts = await self.partitions()
         tps = [TopicPartition(t, p) for t in topics if t in counts for p in range(counts[t])]
         reader = await self._reader()
         committed = await self._committed(group, tps)
-        reader.assign(tps)
+        if not self.assigned.issuperset(tps):  # assign only on change: each assignment is logged
+            self.assigned |= set(tps)
+            reader.assign(sorted(self.assigned))
         return [await self._partition_lag(group, tp, committed[tp]) for tp in tps]
 
     async def partitions(self) -> dict[str, int]:
@@ -104,4 +107,4 @@ class LagProbe:
         await asyncio.gather(*(c.stop() for c in consumers if c is not None), return_exceptions=True)
         if self.client is not None:
             await self.client.close()
-        self.reader, self.client, self.groups = None, None, {}
+        self.reader, self.client, self.groups, self.assigned = None, None, {}, set()

@@ -262,11 +262,15 @@ async def run_observability(metrics: ProcessMetrics, kafka: Any = None, lag: Map
             if beat:
                 await beat.beat(metrics.figures() | {"groups": dict(lag or {})} | dict(extra() if extra else {}))
             await asyncio.sleep(float(env.get("FINLLM_OBSERVE_INTERVAL_S") or OBSERVE_INTERVAL_S))
-    finally:
-        endpoint.close()
-        for closing in (beat, probe):
-            if closing:
-                await closing.close()
+    finally:  # shielded: a second cancel (at loop shutdown) must not leave consumers open
+        await asyncio.shield(_close(endpoint, probe, beat))
+
+
+async def _close(endpoint: MetricsEndpoint, *closing: Any) -> None:
+    await asyncio.to_thread(endpoint.close)
+    for resource in closing:
+        if resource:
+            await resource.close()
 
 
 async def _sample_lag(probe: Any, metrics: Any, lag: Mapping[str, list[str]]) -> None:

@@ -11,13 +11,15 @@ import orjson
 from tqdm import tqdm
 
 from schemas import NewsWatermark, encode
+from streams.metrics import ReplayMetrics, run_observability
 from streams.producer import make_producer
 from streams.settings import KafkaSettings
 from streams.tape import Tape
 
 NS_PER_S = 1_000_000_000
 MAX_SLEEP_S = 1.0
-WATERMARK_EVERY_NS = NS_PER_S
+WATERMARK_EVERY_NS = NS_PER_S          # at most one news watermark a second of event time ...
+WATERMARK_MIN_GAP_S = 0.05             # ... and 20 a second of wall time (fast replays need few)
 WATERMARK_SOURCE = "replay"
 
 
@@ -45,29 +47,35 @@ def record_key(kind: str, row: dict[str, Any]) -> bytes | None:
 
 
 async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = None,
-                 progress: bool | None = None) -> ReplayStats:
-    """`speed` is a multiple of real time (1.0 = as recorded); None publishes as fast as possible."""
+                 progress: bool | None = None, metrics: ReplayMetrics | None = None) -> ReplayStats:
+    """`speed` is a multiple of real time (1.0 = as recorded); None publishes as fast as possible.
+    Metrics are served (FINLLM_METRICS_PORT) while it runs."""
     if speed is not None and speed <= 0:
         raise ValueError("speed must be > 0")
+    metrics = metrics or ReplayMetrics()
     topics = settings.topics
     counts = {"tick": 0, "news": 0}
     producer = make_producer(settings, linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
+    observing = asyncio.create_task(run_observability(metrics, settings))
     started = time.monotonic()
     pacer = _Pacer(speed)
     try:
         news_partitions = sorted(await producer.partitions_for(topics.news))
         bar = tqdm(total=len(tape.ticks) + len(tape.news), unit="ev", disable=not _show(progress))
-        marked_ns = None
+        marked_ns, marked_at = None, 0.0
         for kind, row in tape.events():
             ts_ns = row.get("ts_ns")
             await pacer.wait(ts_ns)
-            if isinstance(ts_ns, int) and (marked_ns is None or ts_ns - marked_ns >= WATERMARK_EVERY_NS):
+            if isinstance(ts_ns, int) and (marked_ns is None or (ts_ns - marked_ns >= WATERMARK_EVERY_NS and
+                                                                 time.monotonic() - marked_at >= WATERMARK_MIN_GAP_S)):
                 await _news_watermark(producer, topics.news, news_partitions, ts_ns)
-                marked_ns = ts_ns
+                marked_ns, marked_at = ts_ns, time.monotonic()
             topic = topics.ticks if kind == "tick" else topics.news
             await producer.send(topic, record_bytes(row), key=record_key(kind, row))
             counts[kind] += 1
+            metrics.events_sent.labels(kind).inc()
+            metrics.lag_s.set(pacer.lag_s)
             bar.update(1)
         if marked_ns is not None:
             await _news_watermark(producer, topics.news, news_partitions, max(marked_ns, tape.end_ns or 0) + 1)
@@ -75,6 +83,8 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
         bar.close()
     finally:
         await producer.stop()
+        observing.cancel()
+        await asyncio.gather(observing, return_exceptions=True)
     return ReplayStats(counts["tick"], counts["news"], time.monotonic() - started, pacer.max_lag_s)
 
 
@@ -97,6 +107,7 @@ class _Pacer:
         self.speed = speed
         self.origin: tuple[int, float] | None = None
         self.max_lag_s = 0.0
+        self.lag_s = 0.0
 
     async def wait(self, ts_ns: Any) -> None:
         if self.speed is None or not isinstance(ts_ns, int):
@@ -107,3 +118,4 @@ class _Pacer:
         while (ahead := due - time.monotonic()) > 0:
             await asyncio.sleep(min(ahead, MAX_SLEEP_S))
         self.max_lag_s = max(self.max_lag_s, -ahead)
+        self.lag_s = -ahead
