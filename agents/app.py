@@ -17,6 +17,7 @@ from agents.config import AgentsConfig
 from agents.processor import LateEventError, Processor
 from schemas import DeadLetter, NewsWatermark, SchemaError, decode_news_event, decode_tick, encode
 from streams.health import mark_ready
+from streams.metrics import AgentsMetrics, run_observability
 from streams.settings import KafkaSettings
 
 log = logging.getLogger("finllm.agents")
@@ -45,17 +46,22 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     requests, symbol_news, deadletter = raw_topic(topics.requests), raw_topic(topics.symbol_news), \
         raw_topic(topics.deadletter)
     processor = Processor(cfg, news_origins=topics.partitions)
+    metrics = AgentsMetrics()
+    topic_label = {t: t.removeprefix(topics.prefix) for t in topics.all()}
 
     async def dead(message: Any, error: Exception) -> None:
         record = DeadLetter.of(topic=message.topic, reason=getattr(error, "reason", type(error).__name__),
                                detail=str(error), key=message.key, value=message.value, stage="agents",
                                ts_wall_ns=time.time_ns(), partition=message.partition, offset=message.offset)
+        metrics.deadletters.labels("agents", record.reason).inc()
         await (await deadletter.send(key=message.key, value=encode(record)))
 
     async def send_requests(fired: list) -> None:
         futures = []
         for f in fired:
             request = processor.request(f, time.time_ns())
+            metrics.triggers.labels(f.trigger).inc()
+            metrics.trigger_wait_s.observe(max(request.created_wall_ns - f.ingest_wall_ns, 0) / 1e9)
             futures.append(await requests.send(key=(request.adapter or request.symbol).encode(), value=encode(request)))
         for fut in futures:
             await fut
@@ -64,6 +70,7 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     async def route_news(stream: faust.StreamT) -> None:
         """Fan news out to its symbols' partitions, and each watermark to every partition."""
         async for event in stream.events():
+            metrics.events_in.labels(topic_label.get(event.message.topic, "other")).inc()
             try:
                 item = decode_news_event(event.value)
             except SchemaError as error:
@@ -82,9 +89,12 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     async def symbols(stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
+            metrics.events_in.labels(topic_label.get(message.topic, "other")).inc()
             try:
                 fired = route(message, event.value, time.time_ns())
             except (SchemaError, LateEventError) as error:
+                if isinstance(error, LateEventError):
+                    metrics.late_events.labels(topic_label.get(message.topic, "other")).inc()
                 await dead(message, error)
                 continue
             await send_requests(fired)
@@ -101,6 +111,12 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     async def release() -> None:
         """Triggers waiting for news that no watermark announces go after the grace period."""
         await send_requests(processor.release_all(time.time_ns()))
+        metrics.observe_buffers(sum(len(s.held) for s in processor.states.values()), len(processor.states))
+
+    @app.task
+    async def observe() -> None:
+        """Metrics endpoint, Redis heartbeat and this group's lag, for the worker's lifetime."""
+        await run_observability(metrics, kafka, {app.conf.id: [topics.ticks, topics.symbol_news, topics.news]})
 
     @app.on_rebalance_complete.connect
     async def ready(sender: Any, **kwargs: Any) -> None:

@@ -22,6 +22,7 @@ from inference.scoring import ScoreItem, ScoreResult, Scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
 from streams.health import mark_ready
 from streams.latest import LatestStore
+from streams.metrics import InferenceMetrics, run_observability
 from streams.producer import DeadLetters, make_producer
 from streams.settings import KafkaSettings
 
@@ -88,6 +89,7 @@ class InferenceWorker:
         self.latest = LatestStore.from_url(redis_url, kafka.topics.prefix) if redis_url else None
         self.stopping = asyncio.Event()
         self.forecasts_published = 0
+        self.metrics = InferenceMetrics()
 
     async def run(self) -> None:
         topics = self.kafka.topics
@@ -116,14 +118,18 @@ class InferenceWorker:
 
     async def _handle(self, records: list, producer) -> None:
         picked = time.time_ns()
+        self.metrics.batch_size.observe(len(records))
         requests = []
         for record in records:
             try:
                 requests.append(decode_request(record.value or b""))
             except SchemaError as error:
+                self.metrics.deadletters.labels("inference", error.reason).inc()
                 await self.deadletters.send(source_topic=record.topic, error=error, key=record.key,
                                             value=record.value, partition=record.partition, offset=record.offset)
         results, inference_ms = await self._score(requests)
+        self.metrics.latency_s.observe(inference_ms / 1e3)
+        self.metrics.engine.observe(self.scorer)
         forecasts = [make_forecast(req, res, model=self.scorer.model_name, weights=self.weights,
                                    picked_wall_ns=picked, inference_ms=inference_ms)
                      for req, res in zip(requests, results)]
@@ -131,6 +137,7 @@ class InferenceWorker:
                  for f in forecasts]
         await asyncio.gather(*sends)
         self.forecasts_published += len(forecasts)
+        self.metrics.observe_forecasts(forecasts)
         await self._store_latest(forecasts)
 
     async def _score(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
@@ -172,9 +179,14 @@ async def main_async() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)
     log.info("inference worker up: model %s, engine %s", scorer.model_name, cfg.engine)
+    observing = asyncio.create_task(run_observability(
+        worker.metrics, kafka, {cfg.group_id: [kafka.topics.requests]},
+        extra=lambda: {"model": scorer.model_name, "engine": cfg.engine}))
     try:
         await worker.run()
     finally:
+        observing.cancel()
+        await asyncio.gather(observing, return_exceptions=True)
         scorer.close()
 
 
