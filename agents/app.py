@@ -7,6 +7,7 @@ Every output is awaited before the agent moves on, so offsets are committed only
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -15,6 +16,7 @@ import faust
 
 from agents.config import AgentsConfig
 from agents.processor import LateEventError, Processor
+from agents.transport import broker_url
 from schemas import DeadLetter, NewsWatermark, SchemaError, decode_news_event, decode_tick, encode
 from streams.health import mark_ready
 from streams.metrics import AgentsMetrics, run_observability
@@ -28,7 +30,7 @@ RELEASE_INTERVAL_S = 0.1
 def faust_settings(kafka: KafkaSettings, *, web_port: int) -> dict[str, Any]:
     """Settings that make a worker join fast and behave on Tansu as on Apache Kafka."""
     return dict(
-        broker="kafka://" + kafka.bootstrap.replace(",", ";"), web_enabled=False, web_port=web_port,
+        broker=broker_url(kafka.bootstrap), web_enabled=False, web_port=web_port,
         web_host="127.0.0.1", topic_disable_leader=True, topic_allow_declare=False,
         broker_rebalance_timeout=REBALANCE_TIMEOUT_S, broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0, broker_commit_interval=0.5, consumer_auto_offset_reset="earliest",
@@ -59,6 +61,7 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     async def send_requests(fired: list) -> None:
         futures = []
         for f in fired:
+            log.debug("fire %s %s T=%d news=%s", f.symbol, f.trigger, f.ts_ns, [n.id for n in f.news])
             request = processor.request(f, time.time_ns())
             metrics.triggers.labels(f.trigger).inc()
             metrics.trigger_wait_s.observe(max(request.created_wall_ns - f.ingest_wall_ns, 0) / 1e9)
@@ -76,12 +79,13 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
             except SchemaError as error:
                 await dead(event.message, error)
                 continue
-            if isinstance(item, NewsWatermark):
+            if isinstance(item, NewsWatermark):  # idempotent (a max): a lost one is superseded, so no wait
                 value = encode(NewsWatermark(item.source, item.ts_ns, event.message.partition))
-                sends = [await symbol_news.send(value=value, partition=p) for p in range(topics.partitions)]
-            else:
-                value = encode(item)
-                sends = [await symbol_news.send(key=s.encode(), value=value) for s in item.symbols]
+                for partition in range(topics.partitions):
+                    await symbol_news.send(value=value, partition=partition)
+                continue
+            value = encode(item)
+            sends = [await symbol_news.send(key=s.encode(), value=value) for s in item.symbols]
             for fut in sends:
                 await fut
 
@@ -98,6 +102,7 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
                 await dead(message, error)
                 continue
             await send_requests(fired)
+            await asyncio.sleep(0)  # let the news router run: the stream would not yield on its own
 
     def route(message: Any, value: bytes, wall_ns: int) -> list:
         if message.topic == topics.ticks:

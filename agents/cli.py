@@ -22,11 +22,12 @@ from streams.synth import sample_tape_path
 @click.option("--model", type=click.Path(exists=True, file_okay=False), envvar="FINLLM_MODEL",
               help="Local Hugging Face checkpoint folder (default: the embedded tiny model).")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for forecasts.")
+@click.option("--inject-bad", default=0, show_default=True, help="Send this many malformed records first.")
 def demo(out_dir: Path, tape: Path | None, speed: float | None, partitions: int, bootstrap: str | None,
-         redis_url: str | None, engine: str, model: str | None, timeout_s: float) -> None:
+         redis_url: str | None, engine: str, model: str | None, timeout_s: float, inject_bad: int) -> None:
     """Replay a tape through the whole pipeline and report forecasts, latency and accuracy."""
     opts = DemoOptions(out_dir, tape or sample_tape_path(), speed, partitions, bootstrap, redis_url, engine,
-                       model, timeout_s)
+                       model, timeout_s, inject_bad)
     report = run_demo(opts)
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     click.echo(summary(report))

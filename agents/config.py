@@ -21,6 +21,7 @@ class AgentsConfig:
     deadline_ms: int = 10_000        # a forecast later than this after its trigger is answered numeric-only
     allowed_lateness_s: int = 1_800  # news this far (event time) behind a symbol's ticks still counts
     news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
+    news_idle_ms: int = 10_000       # watermarks absent this long (wall) count as a feed without them
     adapters: dict[str, str] = field(default_factory=dict)  # symbol -> LoRA adapter name
     default_adapter: str | None = None
 
@@ -31,8 +32,8 @@ class AgentsConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.short_window_s > self.long_window_s:
             raise ValueError("short_window_s must not exceed long_window_s")
-        if self.news_grace_ms < 0:
-            raise ValueError("news_grace_ms must be >= 0")
+        if self.news_grace_ms < 0 or self.news_idle_ms < 0:
+            raise ValueError("news_grace_ms and news_idle_ms must be >= 0")
         if self.flat_bps < 0:
             raise ValueError("flat_bps must be >= 0")
 
@@ -52,7 +53,8 @@ class AgentsConfig:
                                 ("FINLLM_FLAT_BPS", "flat_bps", float), ("FINLLM_DEADLINE_MS", "deadline_ms", int),
                                 ("FINLLM_DEFAULT_ADAPTER", "default_adapter", str),
                                 ("FINLLM_ALLOWED_LATENESS_S", "allowed_lateness_s", int),
-                                ("FINLLM_NEWS_GRACE_MS", "news_grace_ms", int)):
+                                ("FINLLM_NEWS_GRACE_MS", "news_grace_ms", int),
+                                ("FINLLM_NEWS_IDLE_MS", "news_idle_ms", int)):
             if env.get(var):
                 kw[name] = cast(env[var])
         if env.get("FINLLM_ADAPTERS"):

@@ -20,8 +20,10 @@ from agents.offline import fired_triggers
 from agents.report import build_report, forecasts_frame
 from schemas import Forecast, SchemaError, decode_deadletter, decode_forecast
 from streams.admin import ensure_topics
+from streams.chaos import malformed_records
 from streams.embedded import EmbeddedKafka, EmbeddedRedis, ServiceConfig
 from streams.processes import WorkerProcess
+from streams.producer import make_producer
 from streams.replay import replay
 from streams.settings import KafkaSettings
 from streams.tape import Tape
@@ -41,6 +43,7 @@ class DemoOptions:
     engine: str = "hf"
     model: str | None = None
     timeout_s: float = 600.0            # for all forecasts to arrive after the replay
+    inject_bad: int = 0                 # malformed records sent before the tape, to show they are contained
 
 
 @contextlib.contextmanager
@@ -91,6 +94,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         collector = _Collector(kafka, expected)
         collecting = asyncio.create_task(collector.run())
         await collector.started.wait()
+        await _inject_bad(kafka, opts.inject_bad)
         stats = await replay(tape, kafka, speed=opts.speed)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(collector.done.wait(), opts.timeout_s)
@@ -100,7 +104,21 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     await collecting
     return {"forecasts": list(collector.forecasts.values()), "wire_forecasts": collector.wire_count,
             "deadletters": collector.deadletters, "replay": stats, "startup_s": startup_s,
-            "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed}
+            "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
+            "topic_prefix": kafka.topics.prefix}
+
+
+async def _inject_bad(kafka: KafkaSettings, count: int) -> None:
+    if not count:
+        return
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for kind, raw, _ in malformed_records(count):
+            await producer.send(kafka.topics.ticks if kind == "tick" else kafka.topics.news, raw, key=b"ACME")
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 class _Collector:

@@ -4,8 +4,10 @@ A trigger at event time T (every cadence step, and each news item naming the sym
 *tick-complete* once a tick later than T has arrived, so every tick at or before T is in the window.
 It then fires when the news stream has also passed T (a news watermark above T), so the forecast
 sees exactly the news at or before T however ticks and news interleave on arrival. Two bounds keep
-it live: without watermarks a trigger waits at most `news_grace_ms` of wall time, and never more
-than `allowed_lateness_s` of event time behind the symbol's ticks. Features and news are read as
+it live: where no watermark has come for `news_idle_ms` of wall time (a feed that sends none, or
+stopped) a trigger waits at most `news_grace_ms`, and never more than `allowed_lateness_s` of event
+time behind the symbol's ticks. (A backlogged agent may read ticks for seconds before the news
+that precedes them in event time, so a short wall-clock timeout must not override watermarks.) Features and news are read as
 of T only (no look-ahead). Pure Python: the Faust agents are wiring over this.
 """
 from __future__ import annotations
@@ -28,6 +30,18 @@ class LateEventError(ValueError):
     """An event too far behind the symbol's ticks; the caller dead-letters it with reason `late`."""
 
     reason = "late"
+
+
+@dataclass(frozen=True, slots=True)
+class NewsGate:
+    """How far the news stream of a partition has come: `mark_ns` (None before every news partition
+    sent a watermark) and whether watermarks have gone quiet (`idle`), so the grace period applies."""
+
+    mark_ns: int | None
+    idle: bool
+
+
+OPEN_GATE = NewsGate(MAX_TS_NS, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +69,7 @@ class SymbolState:
         self.tick_wm_ns: int | None = None
         self.partition = 0
 
-    def on_tick(self, tick: Tick, wall_ns: int, news_wm_ns: int | None) -> list[Fired]:
+    def on_tick(self, tick: Tick, wall_ns: int, gate: NewsGate) -> list[Fired]:
         if self.tick_wm_ns is not None and tick.ts_ns < self.tick_wm_ns:
             raise LateEventError(f"{tick.symbol} tick at {tick.ts_ns} behind its watermark {self.tick_wm_ns}")
         for t, trigger, news_id in self._due_cadence(tick.ts_ns) + self._due_news(tick.ts_ns):
@@ -63,9 +77,9 @@ class SymbolState:
         self.window.add(tick)
         self.tick_wm_ns = tick.ts_ns
         self._evict_news()
-        return self.release(wall_ns, news_wm_ns)
+        return self.release(wall_ns, gate)
 
-    def on_news(self, item: NewsItem, wall_ns: int, news_wm_ns: int | None) -> list[Fired]:
+    def on_news(self, item: NewsItem, wall_ns: int, gate: NewsGate) -> list[Fired]:
         if item.id in self.seen_news:
             return []
         if self.tick_wm_ns is not None and self.tick_wm_ns - item.ts_ns > self.lateness_ns:
@@ -76,22 +90,22 @@ class SymbolState:
             heapq.heappush(self.held, (item.ts_ns, "news", item.id, wall_ns))
         else:
             heapq.heappush(self.waiting, (item.ts_ns, item.id))
-        return self.release(wall_ns, news_wm_ns)
+        return self.release(wall_ns, gate)
 
-    def release(self, wall_ns: int, news_wm_ns: int | None) -> list[Fired]:
+    def release(self, wall_ns: int, gate: NewsGate) -> list[Fired]:
         """Fire, in event-time order, the held triggers the news stream (or a bound) lets go."""
         fired = []
-        while self.held and self._may_fire(self.held[0], wall_ns, news_wm_ns):
+        while self.held and self._may_fire(self.held[0], wall_ns, gate):
             t, trigger, news_id, ready_wall_ns = heapq.heappop(self.held)
             result = self._fire(t, trigger, news_id or None, ready_wall_ns)
             if result:
                 fired.append(result)
         return fired
 
-    def _may_fire(self, held: tuple[int, str, str, int], wall_ns: int, news_wm_ns: int | None) -> bool:
+    def _may_fire(self, held: tuple[int, str, str, int], wall_ns: int, gate: NewsGate) -> bool:
         t, _, _, ready_wall_ns = held
-        return ((news_wm_ns is not None and news_wm_ns > t)
-                or wall_ns - ready_wall_ns >= self.cfg.news_grace_ms * 1_000_000
+        return ((gate.mark_ns is not None and gate.mark_ns > t)
+                or (gate.idle and wall_ns - ready_wall_ns >= self.cfg.news_grace_ms * 1_000_000)
                 or self.tick_wm_ns - t > self.lateness_ns)
 
     def _due_cadence(self, ts_ns: int) -> list[tuple[int, str, str]]:
@@ -148,6 +162,8 @@ class Processor:
         self.gated = gated
         self.states: dict[str, SymbolState] = {}
         self.watermarks: dict[tuple[int, int], int] = {}   # (partition, origin) -> ts_ns
+        self.watermark_wall_ns: dict[int, int] = {}        # partition -> when its last watermark came
+        self.started_wall_ns: int | None = None            # first event: watermarks may take a while to come
 
     def state(self, symbol: str, partition: int) -> SymbolState:
         if symbol not in self.states:
@@ -156,27 +172,32 @@ class Processor:
         state.partition = partition
         return state
 
-    def news_watermark(self, partition: int) -> int | None:
+    def gate(self, partition: int, wall_ns: int) -> NewsGate:
         if not self.gated:
-            return MAX_TS_NS
+            return OPEN_GATE
         marks = [self.watermarks.get((partition, origin)) for origin in range(self.news_origins)]
-        return None if None in marks else min(marks)
+        if self.started_wall_ns is None:
+            self.started_wall_ns = wall_ns
+        last_wall_ns = self.watermark_wall_ns.get(partition, self.started_wall_ns)
+        idle = wall_ns - last_wall_ns >= self.cfg.news_idle_ms * 1_000_000
+        return NewsGate(None if None in marks else min(marks), idle)
 
     def on_tick(self, tick: Tick, wall_ns: int, partition: int = 0) -> list[Fired]:
-        return self.state(tick.symbol, partition).on_tick(tick, wall_ns, self.news_watermark(partition))
+        return self.state(tick.symbol, partition).on_tick(tick, wall_ns, self.gate(partition, wall_ns))
 
     def on_news(self, item: NewsItem, symbol: str, wall_ns: int, partition: int = 0) -> list[Fired]:
-        return self.state(symbol, partition).on_news(item, wall_ns, self.news_watermark(partition))
+        return self.state(symbol, partition).on_news(item, wall_ns, self.gate(partition, wall_ns))
 
     def on_news_watermark(self, ts_ns: int, origin: int, wall_ns: int, partition: int = 0) -> list[Fired]:
         key = (partition, origin)
         self.watermarks[key] = max(ts_ns, self.watermarks.get(key, ts_ns))
-        mark = self.news_watermark(partition)
-        return [f for s in self.states.values() if s.partition == partition for f in s.release(wall_ns, mark)]
+        self.watermark_wall_ns[partition] = wall_ns
+        gate = self.gate(partition, wall_ns)
+        return [f for s in self.states.values() if s.partition == partition for f in s.release(wall_ns, gate)]
 
     def release_all(self, wall_ns: int) -> list[Fired]:
         """For a timer: fire what the wall-clock grace now lets go."""
-        return [f for s in self.states.values() for f in s.release(wall_ns, self.news_watermark(s.partition))]
+        return [f for s in self.states.values() for f in s.release(wall_ns, self.gate(s.partition, wall_ns))]
 
     def request(self, fired: Fired, created_wall_ns: int) -> InferenceRequest:
         cfg = self.cfg

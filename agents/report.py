@@ -38,7 +38,7 @@ def build_report(tape: Tape, cfg: AgentsConfig, expected: set[str], result: dict
         **_accuracy(frame), "startup_s": round(result["startup_s"], 2), "engine": result["engine"],
         "model": forecasts[0].model if forecasts else None, "partitions": result["partitions"],
         "speed": result["speed"], "horizon_s": cfg.horizon_s, "flat_bps": cfg.flat_bps,
-        "worker_exit_codes": result["exit_codes"],
+        "worker_exit_codes": result["exit_codes"], "topic_prefix": result["topic_prefix"],
     }
 
 

@@ -19,6 +19,7 @@ def main() -> None:
                      app_id=os.environ.get("FINLLM_AGENTS_APP_ID", "finllm-agents"))
     level = os.environ.get("FINLLM_LOG_LEVEL", "INFO")
     logging.getLogger("faust").setLevel(level)
+    logging.getLogger("finllm").setLevel(os.environ.get("FINLLM_AGENTS_LOG_LEVEL", level))
     faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()
 
 

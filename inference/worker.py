@@ -27,6 +27,7 @@ from streams.producer import DeadLetters, make_producer
 from streams.settings import KafkaSettings
 
 log = logging.getLogger("finllm.inference")
+FETCH_MAX_WAIT_MS = 20  # the broker may hold a fetch this long: it bounds the queue wait of a request
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ class InferenceWorker:
             topics.requests, **self.kafka.client_kwargs(), group_id=self.cfg.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.cfg.max_batch,
             session_timeout_ms=self.cfg.session_timeout_ms, heartbeat_interval_ms=1_000,
-            rebalance_timeout_ms=self.cfg.session_timeout_ms)
+            rebalance_timeout_ms=self.cfg.session_timeout_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         producer = make_producer(self.kafka)
         await producer.start()
         consumer.subscribe([topics.requests], listener=_ReadyOnAssign())

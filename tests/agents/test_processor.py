@@ -103,7 +103,7 @@ def test_gated_trigger_waits_for_news_watermark_from_every_news_partition():
 
 
 def test_grace_and_lateness_bound_release_without_watermarks():
-    p = Processor(AgentsConfig(cadence_s=60, news_grace_ms=500, allowed_lateness_s=120))
+    p = Processor(AgentsConfig(cadence_s=60, news_grace_ms=500, news_idle_ms=0, allowed_lateness_s=120))
     p.on_tick(trade(1, 100.0), 1_000 * MS)
     assert p.on_tick(trade(61, 100.0), 1_000 * MS) == []
     assert p.release_all(1_400 * MS) == []
@@ -139,3 +139,22 @@ def test_gated_live_order_gives_the_same_forecasts_as_the_tape_order():
         got += live.on_news(NewsItem.from_obj(row), "ACME", 0)
     got += live.on_news_watermark(T0 + 10_000 * S, 0, 0)
     assert len(got) == len(offline) and {f.id: f for f in got} == offline
+
+
+def test_grace_does_not_apply_while_watermarks_keep_coming():
+    """A backlogged news stream still sending watermarks is waited for, not overtaken by the grace."""
+    p = Processor(AgentsConfig(cadence_s=60, news_grace_ms=500, news_idle_ms=5_000))
+    p.on_tick(trade(1, 100.0), 0)
+    p.on_news_watermark(T0 + 2 * S, 0, 0)
+    p.on_tick(trade(61, 100.0), 100 * MS)                  # T0+60 tick-complete at 0.1 s
+    assert p.on_news_watermark(T0 + 30 * S, 0, 900 * MS) == []    # news still behind T at 0.9 s
+    assert p.release_all(4_000 * MS) == []                 # 3.9 s after ready, but watermarks came recently
+    assert [f.ts_ns for f in p.release_all(5_900 * MS)] == [T0 + 60 * S]   # 5 s without any: idle
+
+
+def test_at_start_watermarks_are_awaited_for_news_idle_ms():
+    p = Processor(AgentsConfig(cadence_s=60, news_grace_ms=500, news_idle_ms=3_000))
+    p.on_tick(trade(1, 100.0), 0)
+    p.on_tick(trade(61, 100.0), 0)
+    assert p.release_all(2_900 * MS) == []                  # no watermark yet, but the feed may send some
+    assert [f.ts_ns for f in p.release_all(3_000 * MS)] == [T0 + 60 * S]
