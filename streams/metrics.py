@@ -202,8 +202,8 @@ def adapter_names(scorer: Any) -> dict[str, list[str]]:
     engine = getattr(scorer, "engine", None)
     registered = getattr(scorer, "adapter_names", None)
     if registered is None and engine is not None:
-        registered = engine.registry.names()
-    resident = engine.slots.resident() if engine is not None else registered
+        registered = engine.registry.names
+    resident = engine.slots.resident if engine is not None else registered
     return {"adapters_registered": sorted(registered or ()), "adapters_resident": sorted(resident or ())}
 
 
