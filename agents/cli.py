@@ -14,7 +14,8 @@ from streams.synth import sample_tape_path
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--tape", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Tape folder (default: the bundled sample tape).")
-@click.option("--speed", type=float, help="Replay at this multiple of real time (default: as fast as possible).")
+@click.option("--speed", type=float, default=60.0, show_default=True, help="Replay at this multiple of real time.")
+@click.option("--max", "as_fast", is_flag=True, help="Replay as fast as possible (latency then includes backlog).")
 @click.option("--partitions", default=4, show_default=True)
 @click.option("--bootstrap", envvar="FINLLM_KAFKA_BOOTSTRAP", help="Use this Kafka instead of the embedded broker.")
 @click.option("--redis", "redis_url", envvar="FINLLM_REDIS_URL", help="Use this Redis instead of the embedded one.")
@@ -23,10 +24,10 @@ from streams.synth import sample_tape_path
               help="Local Hugging Face checkpoint folder (default: the embedded tiny model).")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for forecasts.")
 @click.option("--inject-bad", default=0, show_default=True, help="Send this many malformed records first.")
-def demo(out_dir: Path, tape: Path | None, speed: float | None, partitions: int, bootstrap: str | None,
+def demo(out_dir: Path, tape: Path | None, speed: float, as_fast: bool, partitions: int, bootstrap: str | None,
          redis_url: str | None, engine: str, model: str | None, timeout_s: float, inject_bad: int) -> None:
     """Replay a tape through the whole pipeline and report forecasts, latency and accuracy."""
-    opts = DemoOptions(out_dir, tape or sample_tape_path(), speed, partitions, bootstrap, redis_url, engine,
+    opts = DemoOptions(out_dir, tape or sample_tape_path(), None if as_fast else speed, partitions, bootstrap, redis_url, engine,
                        model, timeout_s, inject_bad)
     report = run_demo(opts)
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
