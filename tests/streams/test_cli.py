@@ -87,3 +87,70 @@ def test_latest_reads_the_newest_forecast_from_redis(redis_url, topic_prefix):
     done = subprocess.run(FINLLM + ["latest", "NOPE"], capture_output=True, text=True,
                           env=dict(os.environ, FINLLM_REDIS_URL=redis_url))
     assert done.returncode != 0 and "no forecast for NOPE" in done.stderr
+
+
+def _started(*args, env=None):
+    return subprocess.Popen(FINLLM + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
+
+
+@pytest.mark.integration
+def test_up_serves_kafka_and_redis_until_interrupted(tmp_path):
+    import signal
+
+    import redis
+
+    from streams.ports import port_is_free
+
+    proc = _started("up", "--workdir", str(tmp_path))
+    try:
+        lines = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(2))
+        bootstrap, url = lines["FINLLM_KAFKA_BOOTSTRAP"], lines["FINLLM_REDIS_URL"]
+        assert redis.Redis.from_url(url).ping()
+        assert asyncio.run(_topic_names(bootstrap)) >= set(Topics().all())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    ports = [int(bootstrap.rsplit(":", 1)[1]), int(url.rsplit(":", 1)[1].split("/")[0])]
+    assert all(port_is_free(p) for p in ports)
+
+
+async def _topic_names(bootstrap):
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+@pytest.mark.integration
+def test_tail_prints_forecasts_as_json_lines(kafka_bootstrap, topic_prefix):
+    from schemas import encode
+    from streams.producer import make_producer
+    from streams.settings import KafkaSettings
+
+    settings = KafkaSettings(kafka_bootstrap, Topics(topic_prefix, 1))
+    asyncio.run(ensure_topics(kafka_bootstrap, settings.topics.all()))
+    probs = Probs(0.2, 0.3, 0.5)
+    sent = [Forecast(f"f{i}", sym, 1_800_000_000_000_000_000 + i, 60, *probs.as_tuple(), "flat", "cadence", "ok",
+                     probs, probs, (), "m", None, Latency(1, 2, 3), 1) for i, sym in enumerate(["ACME", "BOLT", "ACME"])]
+
+    async def publish():
+        producer = make_producer(settings)
+        await producer.start()
+        for forecast in sent + sent[:1]:  # a duplicate on the wire is printed once
+            await producer.send_and_wait(settings.topics.forecasts, encode(forecast), key=forecast.symbol.encode())
+        await producer.stop()
+
+    asyncio.run(publish())
+    proc = _started("tail", "forecasts", "--symbol", "ACME", "--from-beginning",
+                    env={"FINLLM_KAFKA_BOOTSTRAP": kafka_bootstrap, "FINLLM_TOPIC_PREFIX": topic_prefix})
+    try:
+        got = [orjson.loads(proc.stdout.readline())["id"] for _ in range(2)]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert got == ["f0", "f2"]
