@@ -20,6 +20,7 @@ class AgentsConfig:
     momentum_coef: float = 0.0       # drift forecast = coef * short-window return (0: pure random walk)
     deadline_ms: int = 10_000        # a forecast later than this after its trigger is answered numeric-only
     allowed_lateness_s: int = 1_800  # news this far (event time) behind a symbol's ticks still counts
+    tick_lateness_ms: int = 0        # ticks may arrive this much out of order; triggers wait as long
     news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
     news_idle_ms: int = 10_000       # watermarks absent this long (wall) count as a feed without them
     adapters: dict[str, str] = field(default_factory=dict)  # symbol -> LoRA adapter name
@@ -32,8 +33,8 @@ class AgentsConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.short_window_s > self.long_window_s:
             raise ValueError("short_window_s must not exceed long_window_s")
-        if self.news_grace_ms < 0 or self.news_idle_ms < 0:
-            raise ValueError("news_grace_ms and news_idle_ms must be >= 0")
+        if min(self.news_grace_ms, self.news_idle_ms, self.tick_lateness_ms) < 0:
+            raise ValueError("news_grace_ms, news_idle_ms and tick_lateness_ms must be >= 0")
         if self.flat_bps < 0:
             raise ValueError("flat_bps must be >= 0")
 
@@ -54,7 +55,8 @@ class AgentsConfig:
                                 ("FINLLM_DEFAULT_ADAPTER", "default_adapter", str),
                                 ("FINLLM_ALLOWED_LATENESS_S", "allowed_lateness_s", int),
                                 ("FINLLM_NEWS_GRACE_MS", "news_grace_ms", int),
-                                ("FINLLM_NEWS_IDLE_MS", "news_idle_ms", int)):
+                                ("FINLLM_NEWS_IDLE_MS", "news_idle_ms", int),
+                                ("FINLLM_TICK_LATENESS_MS", "tick_lateness_ms", int)):
             if env.get(var):
                 kw[name] = cast(env[var])
         if env.get("FINLLM_ADAPTERS"):

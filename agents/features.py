@@ -44,13 +44,15 @@ class TickWindow:
         self.first_trade_ns: int | None = None
 
     def add(self, tick: Tick) -> None:
+        """Ticks may come slightly out of order (within the allowed lateness): they are put in place."""
         if isinstance(tick, Trade):
-            self.trades.append((tick.ts_ns, tick.price, tick.size))
+            _insert(self.trades, (tick.ts_ns, tick.price, tick.size))
             if self.first_trade_ns is None or tick.ts_ns < self.first_trade_ns:
                 self.first_trade_ns = tick.ts_ns
         elif isinstance(tick, Quote):
-            self.quotes.append((tick.ts_ns, tick.bid_px, tick.ask_px))
-        self._evict(tick.ts_ns - self.keep_ns)
+            _insert(self.quotes, (tick.ts_ns, tick.bid_px, tick.ask_px))
+        newest = max(self.trades[-1][0] if self.trades else tick.ts_ns, self.quotes[-1][0] if self.quotes else 0)
+        self._evict(newest - self.keep_ns)
 
     def _evict(self, horizon_ns: int) -> None:
         # Keep one trade older than the horizon: it is the price at the window start.
@@ -86,6 +88,14 @@ class TickWindow:
             return None
         _, bid, ask = quote
         return (ask - bid) / (0.5 * (ask + bid)) * 1e4
+
+
+def _insert(rows: deque[tuple[int, float, float]], row: tuple[int, float, float]) -> None:
+    """Append, or insert after every row at or before its time (a stable, in-order insert)."""
+    if not rows or rows[-1][0] <= row[0]:
+        rows.append(row)
+        return
+    rows.insert(bisect_right([r[0] for r in rows], row[0]), row)
 
 
 def _price_at(trades: list[tuple[int, float, float]], times: list[int], ts_ns: int) -> float:

@@ -1,7 +1,9 @@
 """Per-symbol event-time state: ticks, news and news watermarks in; fired forecast triggers out.
 
 A trigger at event time T (every cadence step, and each news item naming the symbol) becomes
-*tick-complete* once a tick later than T has arrived, so every tick at or before T is in the window.
+*tick-complete* once the symbol's tick watermark (its newest tick time less `tick_lateness_ms`) is
+past T, so every tick at or before T is in the window; ticks out of order within that lateness are
+put in place, and older ones are dead-lettered as `late`.
 It then fires when the news stream has also passed T (a news watermark above T), so the forecast
 sees exactly the news at or before T however ticks and news interleave on arrival. Two bounds keep
 it live: where no watermark has come for `news_idle_ms` of wall time (a feed that sends none, or
@@ -66,16 +68,21 @@ class SymbolState:
         self.seen_news: OrderedDict[str, None] = OrderedDict()
         self.waiting: list[tuple[int, str]] = []                 # news triggers waiting for ticks past them
         self.held: list[tuple[int, str, str, int]] = []          # (T, trigger, news_id, ready_wall_ns)
-        self.tick_wm_ns: int | None = None
+        self.tick_lateness_ns = cfg.tick_lateness_ms * 1_000_000
+        self.newest_tick_ns: int | None = None
+        self.tick_wm_ns: int | None = None       # newest tick time less the tick lateness
         self.partition = 0
 
     def on_tick(self, tick: Tick, wall_ns: int, gate: NewsGate) -> list[Fired]:
         if self.tick_wm_ns is not None and tick.ts_ns < self.tick_wm_ns:
             raise LateEventError(f"{tick.symbol} tick at {tick.ts_ns} behind its watermark {self.tick_wm_ns}")
-        for t, trigger, news_id in self._due_cadence(tick.ts_ns) + self._due_news(tick.ts_ns):
-            heapq.heappush(self.held, (t, trigger, news_id, wall_ns))
         self.window.add(tick)
-        self.tick_wm_ns = tick.ts_ns
+        self.newest_tick_ns = max(tick.ts_ns, self.newest_tick_ns or tick.ts_ns)
+        new_wm_ns = self.newest_tick_ns - self.tick_lateness_ns
+        if self.tick_wm_ns is not None and new_wm_ns > self.tick_wm_ns:
+            for t, trigger, news_id in self._due_cadence(new_wm_ns) + self._due_news(new_wm_ns):
+                heapq.heappush(self.held, (t, trigger, news_id, wall_ns))
+        self.tick_wm_ns = max(new_wm_ns, self.tick_wm_ns or new_wm_ns)
         self._evict_news()
         return self.release(wall_ns, gate)
 

@@ -158,3 +158,27 @@ def test_at_start_watermarks_are_awaited_for_news_idle_ms():
     p.on_tick(trade(61, 100.0), 0)
     assert p.release_all(2_900 * MS) == []                  # no watermark yet, but the feed may send some
     assert [f.ts_ns for f in p.release_all(3_000 * MS)] == [T0 + 60 * S]
+
+
+def test_ticks_out_of_order_within_lateness_give_the_in_order_forecasts():
+    import random
+
+    cfg = AgentsConfig(cadence_s=30, tick_lateness_ms=3_000)
+    ticks = [trade(i * 0.7, 100.0 + (i * 37 % 11) / 10) for i in range(400)]
+    shuffled = list(ticks)
+    rng = random.Random(3)
+    for i in range(1, len(shuffled) - 1, 3):           # swap neighbours 0.7 s apart: within 3 s
+        if rng.random() < 0.7:
+            shuffled[i], shuffled[i + 1] = shuffled[i + 1], shuffled[i]
+    assert shuffled != ticks
+
+    def run(seq):
+        p = Processor(cfg, gated=False)
+        return [f for t in seq for f in p.on_tick(t, 0)]
+
+    in_order, out_of_order = run(ticks), run(shuffled)
+    assert len(in_order) > 5 and out_of_order == in_order
+    p = Processor(cfg, gated=False)
+    p.on_tick(trade(100, 100.0), 0)
+    with pytest.raises(LateEventError):
+        p.on_tick(trade(96.9, 100.0), 0)                # more than 3 s behind the newest tick
