@@ -14,7 +14,7 @@ import orjson
 from streams.settings import KafkaSettings, redis_url_from_env
 from streams.topics import DEFAULT_PARTITIONS, Topics
 
-LAZY_COMMANDS = {"demo": "agents.cli:demo", "status": "streams.status:status"}
+LAZY_COMMANDS = {"demo": "agents.cli:demo", "status": "streams.status:status", "audit": "agents.audit_cli:audit"}
 
 
 class LazyGroup(click.Group):

@@ -8,7 +8,7 @@ DEFAULT_PARTITIONS = 4
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Names of the public topics (`ticks`, `news`, `forecasts`, `deadletter`) and the internal ones."""
+    """Names of the public topics (`ticks`, `news`, `forecasts`, `deadletter`, `audit`) and the internal ones."""
 
     prefix: str = ""
     partitions: int = DEFAULT_PARTITIONS
@@ -46,8 +46,13 @@ class Topics:
         """Internal: inference requests from the agents, keyed by adapter (or symbol)."""
         return self._name("inference-requests")
 
+    @property
+    def audit(self) -> str:
+        """The audit hash chain of every forecast's inputs; one partition, so the chain has one order."""
+        return self._name("audit")
+
     def all(self) -> dict[str, int]:
         """Every topic with its partition count, for pre-creation (Tansu must not auto-create them)."""
         keyed = {t: self.partitions for t in (self.ticks, self.news, self.symbol_news, self.requests,
                                               self.forecasts)}
-        return keyed | {self.deadletter: 1}
+        return keyed | {self.deadletter: 1, self.audit: 1}
