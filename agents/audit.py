@@ -31,8 +31,14 @@ DIGEST_BYTES = 32
 
 
 def canonical(data: Any) -> bytes:
-    """The bytes that get hashed: orjson, keys sorted, no whitespace."""
-    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    """The bytes that get hashed: orjson, keys sorted, no whitespace, sets as sorted lists."""
+    return orjson.dumps(data, default=_sorted_set, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def _sorted_set(value: Any) -> list:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot hash a {type(value).__name__}")
 
 
 def digest(data: bytes) -> str:
