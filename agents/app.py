@@ -125,6 +125,8 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
 
     @app.on_rebalance_complete.connect
     async def ready(sender: Any, **kwargs: Any) -> None:
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topics.ticks)
+        log.info("assigned %s partitions %s", topics.ticks, owned)
         mark_ready()
 
     return app

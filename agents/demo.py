@@ -44,6 +44,7 @@ class DemoOptions:
     model: str | None = None
     timeout_s: float = 600.0            # for all forecasts to arrive after the replay
     inject_bad: int = 0                 # malformed records sent before the tape, to show they are contained
+    agents_workers: int = 1             # Faust workers in one group: they split the symbols by partition
 
 
 @contextlib.contextmanager
@@ -85,8 +86,9 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     if opts.model:
         env["FINLLM_MODEL"] = opts.model
     started = time.monotonic()
-    workers = [WorkerProcess("agents", "agents.worker", env, workdir),
-               WorkerProcess("inference", "inference.worker", env, workdir)]
+    names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
+    workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]
+    workers.append(WorkerProcess("inference", "inference.worker", env, workdir))
     try:
         for worker in workers:
             await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT_S)
