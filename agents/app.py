@@ -15,9 +15,9 @@ from typing import Any
 import faust
 
 from agents.config import AgentsConfig
-from agents.processor import LateEventError, Processor
+from agents.processor import OPEN_GATE, Fired, LateEventError, Processor
 from agents.transport import broker_url
-from schemas import DeadLetter, NewsWatermark, SchemaError, decode_news_event, decode_tick, encode
+from schemas import DeadLetter, NewsWatermark, SchemaError, Tick, decode_news_event, decode_tick, encode
 from streams.health import mark_ready
 from streams.metrics import AgentsMetrics, run_observability
 from streams.settings import KafkaSettings
@@ -25,6 +25,41 @@ from streams.settings import KafkaSettings
 log = logging.getLogger("finllm.agents")
 REBALANCE_TIMEOUT_S = 3.0
 RELEASE_INTERVAL_S = 0.1
+NS_PER_S = 1_000_000_000
+MAX_AHEAD_OF_WALL_NS = 86_400 * NS_PER_S       # event time a day past the wall clock: a broken clock
+MAX_TICK_GAP_NS = 7 * 86_400 * NS_PER_S        # a symbol silent this long starts a new session
+
+
+class EventGuard:
+    """Bounds what a schema-valid event with a wild timestamp can do to the processor.
+
+    An event more than `max_ahead_ns` past the wall clock is rejected (`ts_in_future`): it would
+    move the symbol's watermark so far that every real tick after it is late. A tick more than
+    `max_gap_ns` after its symbol's newest one (a feed back after a long silence, or a first tick
+    from years ago) starts a new session: the held triggers fire and the state is dropped, rather
+    than firing a stale-window trigger for every cadence step in the gap (millions for years)."""
+
+    def __init__(self, max_ahead_ns: int = MAX_AHEAD_OF_WALL_NS, max_gap_ns: int = MAX_TICK_GAP_NS) -> None:
+        self.max_ahead_ns, self.max_gap_ns = max_ahead_ns, max_gap_ns
+        self.sessions_reset = 0
+
+    def check_time(self, ts_ns: int, wall_ns: int) -> None:
+        if ts_ns - wall_ns > self.max_ahead_ns:
+            raise SchemaError("ts_in_future", f"event time {ts_ns} is over {self.max_ahead_ns // NS_PER_S} s "
+                                              f"past the wall clock {wall_ns}")
+
+    def on_tick(self, processor: Processor, tick: Tick, *, wall_ns: int, partition: int) -> list[Fired]:
+        self.check_time(tick.ts_ns, wall_ns)
+        state = processor.states.get(tick.symbol)
+        fired: list[Fired] = []
+        if state is not None and state.newest_tick_ns is not None and \
+                tick.ts_ns - state.newest_tick_ns > self.max_gap_ns:
+            log.warning("%s: tick at %d is %d s after the previous one: new session", tick.symbol, tick.ts_ns,
+                        (tick.ts_ns - state.newest_tick_ns) // NS_PER_S)
+            fired = state.release(wall_ns, OPEN_GATE)
+            del processor.states[tick.symbol]
+            self.sessions_reset += 1
+        return fired + processor.on_tick(tick, wall_ns, partition)
 
 
 def faust_settings(kafka: KafkaSettings, *, web_port: int) -> dict[str, Any]:
@@ -48,6 +83,7 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     requests, symbol_news, deadletter = raw_topic(topics.requests), raw_topic(topics.symbol_news), \
         raw_topic(topics.deadletter)
     processor = Processor(cfg, news_origins=topics.partitions)
+    guard = EventGuard()
     metrics = AgentsMetrics()
     topic_label = {t: t.removeprefix(topics.prefix) for t in topics.all()}
 
@@ -76,6 +112,7 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
             metrics.events_in.labels(topic_label.get(event.message.topic, "other")).inc()
             try:
                 item = decode_news_event(event.value)
+                guard.check_time(item.ts_ns, time.time_ns())
             except SchemaError as error:
                 await dead(event.message, error)
                 continue
@@ -106,8 +143,9 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
 
     def route(message: Any, value: bytes, wall_ns: int) -> list:
         if message.topic == topics.ticks:
-            return processor.on_tick(decode_tick(value), wall_ns, message.partition)
+            return guard.on_tick(processor, decode_tick(value), wall_ns=wall_ns, partition=message.partition)
         item = decode_news_event(value)
+        guard.check_time(item.ts_ns, wall_ns)
         if isinstance(item, NewsWatermark):
             return processor.on_news_watermark(item.ts_ns, item.origin, wall_ns, message.partition)
         return processor.on_news(item, (message.key or b"").decode(), wall_ns, message.partition)

@@ -18,6 +18,10 @@ MAX_ID_CHARS = 128
 MAX_HEADLINE_CHARS = 1_000
 MAX_BODY_CHARS = 20_000
 MAX_SYMBOLS_PER_NEWS = 64
+# Prices and sizes beyond any real market: their ratios and sums would overflow the features.
+MIN_PRICE = 1e-6
+MAX_PRICE = 1e9
+MAX_SIZE = 1e12
 
 
 def require(obj: dict[str, Any], name: str) -> Any:
@@ -44,16 +48,22 @@ def number(obj: dict[str, Any], name: str) -> float:
 
 
 def positive(obj: dict[str, Any], name: str) -> float:
+    """A price: > 0, and within [MIN_PRICE, MAX_PRICE]."""
     value = number(obj, name)
     if value <= 0:
         raise SchemaError("non_positive_price", f"{name} must be > 0, got {value}")
+    if not MIN_PRICE <= value <= MAX_PRICE:
+        raise SchemaError("price_out_of_range", f"{name}={value} is outside [{MIN_PRICE}, {MAX_PRICE}]")
     return value
 
 
 def non_negative(obj: dict[str, Any], name: str) -> float:
+    """A size: >= 0, and at most MAX_SIZE."""
     value = number(obj, name)
     if value < 0:
         raise SchemaError("negative_size", f"{name} must be >= 0, got {value}")
+    if value > MAX_SIZE:
+        raise SchemaError("size_out_of_range", f"{name}={value} is above {MAX_SIZE}")
     return value
 
 
