@@ -82,6 +82,14 @@ class TickWindow:
             spread_bps=self._spread_bps(ts_ns),
         )
 
+    def log_return(self, from_ns: int, to_ns: int) -> float | None:
+        """Log return between the last trades at or before each time; None without a trade by `from_ns`."""
+        times = [t[0] for t in self.trades]
+        start, end = bisect_right(times, from_ns), bisect_right(times, to_ns)
+        if start == 0 or end == 0:
+            return None
+        return math.log(self.trades[end - 1][1] / self.trades[start - 1][1])
+
     def _spread_bps(self, ts_ns: int) -> float | None:
         quote = next((q for q in reversed(self.quotes) if q[0] <= ts_ns), None)
         if quote is None:

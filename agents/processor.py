@@ -56,6 +56,7 @@ class Fired:
     features: Features
     news: tuple[NewsItem, ...]
     ingest_wall_ns: int   # when the trigger became tick-complete: the start of its latency
+    ret_since_news: float | None = None   # log return from the latest news item's time to T
 
 
 class SymbolState:
@@ -134,8 +135,10 @@ class SymbolState:
         features = self.window.features_at(ts_ns, cfg.short_window_s * NS_PER_S, cfg.long_window_s * NS_PER_S)
         if features is None:
             return None
+        news = self._news_as_of(ts_ns)
+        moved = self.window.log_return(news[-1].ts_ns, ts_ns) if news else None
         return Fired(forecast_id(self.symbol, ts_ns, trigger, news_id), self.symbol, ts_ns, trigger, news_id,
-                     features, self._news_as_of(ts_ns), ready_wall_ns)
+                     features, news, ready_wall_ns, moved)
 
     def _news_as_of(self, ts_ns: int) -> tuple[NewsItem, ...]:
         oldest = ts_ns - self.cfg.news_window_s * NS_PER_S
@@ -215,4 +218,11 @@ class Processor:
             prompt=prompt, numeric=numeric_probs(fired.features, cfg.horizon_s, cfg.flat_bps, cfg.momentum_coef),
             news_ids=tuple(n.id for n in fired.news), adapter=cfg.adapter_for(fired.symbol),
             ingest_wall_ns=fired.ingest_wall_ns, created_wall_ns=created_wall_ns,
-            deadline_wall_ns=fired.ingest_wall_ns + cfg.deadline_ms * 1_000_000, features=fired.features.as_dict())
+            deadline_wall_ns=fired.ingest_wall_ns + cfg.deadline_ms * 1_000_000, features=_features(fired))
+
+
+def _features(fired: Fired) -> dict[str, float]:
+    features = fired.features.as_dict()
+    if fired.ret_since_news is not None:
+        features["ret_since_news"] = fired.ret_since_news
+    return features

@@ -32,6 +32,9 @@ def build_report(tape: Tape, cfg: AgentsConfig, expected: set[str], result: dict
         "triggers": len(expected), "forecasts": len(got & expected), "missing": len(expected - got),
         "unexpected": len(got - expected), "wire_duplicates": result["wire_forecasts"] - len(got),
         "deadletters": result["deadletters"], "status": dict(Counter(f.status for f in forecasts)),
+        "divergent": sum(f.divergent for f in forecasts), "deep_path": sum(f.deep is not None for f in forecasts),
+        "deep_ms": _percentiles([f.latency.deep_ms for f in forecasts if f.deep is not None]),
+        "review": sum(f.review for f in forecasts),
         "latency_ms": _percentiles([f.latency.total_ms for f in forecasts]),
         "queue_ms": _percentiles([f.latency.queue_ms for f in forecasts]),
         "inference_ms": _percentiles([f.latency.inference_ms for f in forecasts]),
@@ -72,6 +75,8 @@ _SCHEMA = {
     "numeric_direction": pl.String, "llm_p_up": pl.Float64, "llm_p_down": pl.Float64, "llm_p_flat": pl.Float64,
     "llm_direction": pl.String, "news_ids": pl.List(pl.String), "model": pl.String, "adapter": pl.String,
     "queue_ms": pl.Float64, "inference_ms": pl.Float64, "total_ms": pl.Float64, "published_wall_ns": pl.Int64,
+    "divergent": pl.Boolean, "deep_p_up": pl.Float64, "deep_p_down": pl.Float64, "deep_p_flat": pl.Float64,
+    "review": pl.Boolean,
 }
 
 
@@ -80,4 +85,4 @@ def _flat(f: Forecast) -> tuple:
     return (f.id, f.symbol, f.ts_ns, f.horizon_s, f.p_up, f.p_down, f.p_flat, f.direction, f.trigger, f.status,
             *f.numeric.as_tuple(), f.numeric.direction, *llm, f.llm.direction if f.llm else None,
             list(f.news_ids), f.model, f.adapter, f.latency.queue_ms, f.latency.inference_ms, f.latency.total_ms,
-            f.published_wall_ns)
+            f.published_wall_ns, f.divergent, *(f.deep.as_tuple() if f.deep else (None, None, None)), f.review)

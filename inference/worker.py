@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-from inference.fusion import FusionWeights, fuse
+from inference.fusion import FusionPolicy, fuse
 from inference.scoring import ScoreItem, ScoreResult, Scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
 from streams.health import mark_ready
@@ -70,23 +70,30 @@ def build_scorer(cfg: WorkerConfig) -> Scorer:
     raise ValueError(f"unknown engine {cfg.engine!r}: use 'hf' or 'paged'")
 
 
-def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, weights: FusionWeights,
-                  picked_wall_ns: int, inference_ms: float) -> Forecast:
-    llm = None if result is None or result.probs is None else Probs.normalised(*result.probs)
+def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, policy: FusionPolicy,
+                  picked_wall_ns: int, inference_ms: float, deep: ScoreResult | None = None,
+                  deep_ms: float = 0.0) -> Forecast:
+    llm = _probs(result)
     status = "ok" if llm is not None else "expired" if result is not None and result.expired else "llm_error"
-    fused = fuse(request.numeric, llm, weights)
+    deep_probs = _probs(deep)
+    fused = fuse(request.numeric, deep_probs or llm, policy.weights)
     now = time.time_ns()
     latency = Latency(queue_ms=(picked_wall_ns - request.created_wall_ns) / 1e6, inference_ms=inference_ms,
-                      total_ms=(now - request.ingest_wall_ns) / 1e6)
+                      total_ms=(now - request.ingest_wall_ns) / 1e6, deep_ms=deep_ms)
     return Forecast(request.id, request.symbol, request.ts_ns, request.horizon_s, *fused.as_tuple(),
                     fused.direction, request.trigger, status, request.numeric, llm, request.news_ids, model,
-                    request.adapter, latency, now)
+                    request.adapter, latency, now, divergent=policy.diverges(request.numeric, llm),
+                    deep=deep_probs, review=policy.needs_review(llm, request.features.get("ret_since_news")))
+
+
+def _probs(result: ScoreResult | None) -> Probs | None:
+    return None if result is None or result.probs is None else Probs.normalised(*result.probs)
 
 
 class InferenceWorker:
     def __init__(self, kafka: KafkaSettings, redis_url: str | None, scorer: Scorer, cfg: WorkerConfig,
-                 weights: FusionWeights) -> None:
-        self.kafka, self.scorer, self.cfg, self.weights = kafka, scorer, cfg, weights
+                 policy: FusionPolicy) -> None:
+        self.kafka, self.scorer, self.cfg, self.policy = kafka, scorer, cfg, policy
         self.latest = LatestStore.from_url(redis_url, kafka.topics.prefix) if redis_url else None
         self.stopping = asyncio.Event()
         self.forecasts_published = 0
@@ -129,10 +136,12 @@ class InferenceWorker:
                 await self.deadletters.send(source_topic=record.topic, error=error, key=record.key,
                                             value=record.value, partition=record.partition, offset=record.offset)
         results, inference_ms = await self._score(requests)
-        self.metrics.latency_s.observe(inference_ms / 1e3)
+        deep, deep_ms = await self._deep_path(requests, results)
+        self.metrics.latency_s.observe((inference_ms + deep_ms) / 1e3)
         self.metrics.engine.observe(self.scorer)
-        forecasts = [make_forecast(req, res, model=self.scorer.model_name, weights=self.weights,
-                                   picked_wall_ns=picked, inference_ms=inference_ms)
+        forecasts = [make_forecast(req, res, model=self.scorer.model_name, policy=self.policy, picked_wall_ns=picked,
+                                   inference_ms=inference_ms + (deep_ms if req.id in deep else 0.0),
+                                   deep=deep.get(req.id), deep_ms=deep_ms if req.id in deep else 0.0)
                      for req, res in zip(requests, results)]
         sends = [await producer.send(self.kafka.topics.forecasts, encode(f), key=f.symbol.encode())
                  for f in forecasts]
@@ -141,8 +150,19 @@ class InferenceWorker:
         self.metrics.observe_forecasts(forecasts)
         await self._store_latest(forecasts)
 
-    async def _score(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
-        items = [ScoreItem(r.id, r.prompt, r.adapter, r.deadline_wall_ns) for r in requests]
+    async def _deep_path(self, requests: list[InferenceRequest],
+                         results: list[ScoreResult | None]) -> tuple[dict[str, ScoreResult], float]:
+        """Divergent forecasts get a second opinion from the deep adapter (when one is configured)."""
+        adapter = self.policy.deep_adapter
+        divergent = [r for r, res in zip(requests, results) if self.policy.diverges(r.numeric, _probs(res))]
+        if adapter is None or not divergent:
+            return {}, 0.0
+        second, deep_ms = await self._score(divergent, adapter=adapter)
+        return {r.id: res for r, res in zip(divergent, second) if res is not None}, deep_ms
+
+    async def _score(self, requests: list[InferenceRequest],
+                     adapter: str | None = None) -> tuple[list[ScoreResult | None], float]:
+        items = [ScoreItem(r.id, r.prompt, adapter or r.adapter, r.deadline_wall_ns) for r in requests]
         started = time.perf_counter()
         try:
             results: list[ScoreResult | None] = list(await asyncio.to_thread(self.scorer.score, items))
@@ -175,7 +195,7 @@ async def main_async() -> None:
     kafka = KafkaSettings.from_env()
     cfg = WorkerConfig.from_env()
     scorer = build_scorer(cfg)
-    worker = InferenceWorker(kafka, os.environ.get("FINLLM_REDIS_URL"), scorer, cfg, FusionWeights.from_env())
+    worker = InferenceWorker(kafka, os.environ.get("FINLLM_REDIS_URL"), scorer, cfg, FusionPolicy.from_env())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)

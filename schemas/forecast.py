@@ -87,6 +87,7 @@ class Latency:
     queue_ms: float
     inference_ms: float
     total_ms: float
+    deep_ms: float = 0.0   # the divergence deep path's share of inference_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,9 @@ class Forecast:
     adapter: str | None
     latency: Latency
     published_wall_ns: int
+    divergent: bool = False      # numeric and language model disagreed beyond the threshold
+    deep: Probs | None = None    # the deep path's opinion (a second model call), fused instead of `llm`
+    review: bool = False         # the language model contradicts a large move since its news
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> Forecast:
@@ -121,12 +125,21 @@ class Forecast:
             *fused.as_tuple(), _direction(obj), _trigger(obj), _status(obj), Probs.from_obj(obj.get("numeric")),
             None if llm is None else Probs.from_obj(llm), _ids(obj, "news_ids"),
             f.text(obj, "model", f.MAX_ID_CHARS), _adapter(obj),
-            Latency(*(f.number(lat, k) for k in ("queue_ms", "inference_ms", "total_ms"))),
-            f.integer(obj, "published_wall_ns"))
+            Latency(*(f.number(lat, k) for k in ("queue_ms", "inference_ms", "total_ms")),
+                    f.number(lat, "deep_ms") if "deep_ms" in lat else 0.0),
+            f.integer(obj, "published_wall_ns"), _flag(obj, "divergent"),
+            None if obj.get("deep") is None else Probs.from_obj(obj["deep"]), _flag(obj, "review"))
 
     @property
     def probs(self) -> Probs:
         return Probs(self.p_up, self.p_down, self.p_flat)
+
+
+def _flag(obj: dict[str, Any], name: str) -> bool:
+    value = obj.get(name, False)
+    if not isinstance(value, bool):
+        raise SchemaError("bad_type", f"{name} must be true or false")
+    return value
 
 
 def _horizon(obj: dict[str, Any]) -> int:

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from inference.engine.scorer import EngineScorer
-from inference.fusion import FusionWeights
+from inference.fusion import FusionPolicy
 from inference.worker import InferenceWorker, WorkerConfig
 from schemas import InferenceRequest, Probs, decode_forecast, encode
 from streams.admin import ensure_topics
@@ -96,7 +96,7 @@ def scorers(tiny_model_dir, lora_dirs):
 async def run_scaleout(kafka: KafkaSettings, scorers: list[EngineScorer], group_id: str) -> tuple[list, list]:
     await ensure_topics(kafka.bootstrap, kafka.topics.all())
     cfg = WorkerConfig(group_id=group_id, max_batch=8, session_timeout_ms=6_000)
-    workers = [InferenceWorker(kafka, None, scorer, cfg, FusionWeights()) for scorer in scorers]
+    workers = [InferenceWorker(kafka, None, scorer, cfg, FusionPolicy()) for scorer in scorers]
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
     try:
         await wait_for_group(kafka.bootstrap, group_id, members=2)

@@ -60,7 +60,7 @@ def engine_scorer():
 
 
 def test_inference_metrics_after_a_real_engine_batch(engine_scorer) -> None:
-    from inference.fusion import FusionWeights
+    from inference.fusion import FusionPolicy
     from inference.scoring import ScoreItem
     from inference.worker import make_forecast
     from schemas import InferenceRequest, Probs
@@ -72,7 +72,7 @@ def test_inference_metrics_after_a_real_engine_batch(engine_scorer) -> None:
                                  deadline_wall_ns=None, features={}) for i in range(3)]
     results = engine_scorer.score([ScoreItem(r.id, r.prompt, None, None) for r in requests])
     metrics.engine.observe(engine_scorer)
-    forecasts = [make_forecast(r, s, model="tiny", weights=FusionWeights(1.0, 1.0), picked_wall_ns=3,
+    forecasts = [make_forecast(r, s, model="tiny", policy=FusionPolicy(), picked_wall_ns=3,
                                inference_ms=5.0) for r, s in zip(requests, results)]
     metrics.observe_forecasts(forecasts)
     endpoint = serve_metrics(metrics, env={})

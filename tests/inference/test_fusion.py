@@ -1,0 +1,61 @@
+import math
+
+import pytest
+
+from inference.fusion import FusionPolicy, FusionWeights, fuse, fused_logloss, total_variation
+from inference.scoring import ScoreResult
+from inference.worker import make_forecast
+from schemas import InferenceRequest, Probs
+
+NUMERIC = Probs(0.4, 0.4, 0.2)
+
+
+def test_fuse_is_a_weighted_product_of_experts():
+    llm = Probs(0.7, 0.1, 0.2)
+    fused = fuse(NUMERIC, llm, FusionWeights(1.0, 1.0))
+    raw = [n * m for n, m in zip(NUMERIC.as_tuple(), llm.as_tuple())]
+    assert fused.as_tuple() == pytest.approx([x / sum(raw) for x in raw])
+    assert fuse(NUMERIC, llm, FusionWeights(1.0, 0.0)).as_tuple() == pytest.approx(NUMERIC.as_tuple())
+    assert fuse(NUMERIC, None, FusionWeights()) == NUMERIC
+    with pytest.raises(ValueError):
+        FusionWeights(0.0, 0.0)
+
+
+def test_fused_logloss_prefers_the_informative_expert():
+    rows = [(NUMERIC, Probs(0.8, 0.1, 0.1), "up"), (NUMERIC, Probs(0.1, 0.8, 0.1), "down")]
+    assert fused_logloss(rows, FusionWeights(1, 1)) < fused_logloss(rows, FusionWeights(1, 0))
+    assert fused_logloss(rows, FusionWeights(1, 0)) == pytest.approx(-math.log(0.4))
+
+
+def test_divergence_and_review_rules():
+    policy = FusionPolicy(divergence_tv=0.3, review_move_bps=30)
+    assert total_variation(NUMERIC, Probs(0.1, 0.7, 0.2)) == pytest.approx(0.3)
+    assert policy.diverges(NUMERIC, Probs(0.05, 0.75, 0.2)) and not policy.diverges(NUMERIC, Probs(0.3, 0.5, 0.2))
+    assert not policy.diverges(NUMERIC, None)
+    down = Probs(0.1, 0.8, 0.1)
+    assert policy.needs_review(down, 0.005)          # price up 50 bp since the news, the model says down
+    assert not policy.needs_review(down, -0.005)     # agrees with the move
+    assert not policy.needs_review(down, 0.001)      # the move is small
+    assert not policy.needs_review(down, None)
+
+
+def _request(**features):
+    return InferenceRequest("r1", "ACME", 1_800_000_000_000_000_000, 60, "news", "p", NUMERIC, ("n1",), "fast",
+                            10, 20, 10**19, dict(features))
+
+
+def test_make_forecast_records_the_deep_opinion_and_fuses_it():
+    policy = FusionPolicy(FusionWeights(1.0, 1.0), divergence_tv=0.3, deep_adapter="deep")
+    fast, deep = ScoreResult("r1", (0.05, 0.9, 0.05)), ScoreResult("r1", (0.6, 0.2, 0.2))
+    forecast = make_forecast(_request(ret_since_news=0.01), fast, model="m", policy=policy, picked_wall_ns=30,
+                             inference_ms=4.0, deep=deep, deep_ms=1.5)
+    assert forecast.divergent and forecast.review
+    assert forecast.llm.as_tuple() == pytest.approx(fast.probs) and forecast.deep.as_tuple() == pytest.approx(deep.probs)
+    assert forecast.probs.as_tuple() == pytest.approx(fuse(NUMERIC, forecast.deep, policy.weights).as_tuple())
+    assert forecast.latency.deep_ms == 1.5 and forecast.status == "ok"
+    calm = make_forecast(_request(), ScoreResult("r1", (0.4, 0.35, 0.25)), model="m", policy=policy,
+                         picked_wall_ns=30, inference_ms=4.0)
+    assert not calm.divergent and not calm.review and calm.deep is None
+    expired = make_forecast(_request(), ScoreResult("r1", None, expired=True), model="m", policy=policy,
+                            picked_wall_ns=30, inference_ms=0.0)
+    assert expired.status == "expired" and expired.probs == NUMERIC and expired.llm is None
