@@ -81,7 +81,7 @@ class SymbolState:
         self.newest_tick_ns = max(tick.ts_ns, self.newest_tick_ns or tick.ts_ns)
         new_wm_ns = self.newest_tick_ns - self.tick_lateness_ns
         if self.tick_wm_ns is not None and new_wm_ns > self.tick_wm_ns:
-            for t, trigger, news_id in self._due_cadence(new_wm_ns) + self._due_news(new_wm_ns):
+            for t, trigger, news_id in self._due_cadence(new_wm_ns) + (self._due_news(new_wm_ns) if self.waiting else []):
                 heapq.heappush(self.held, (t, trigger, news_id, wall_ns))
         self.tick_wm_ns = max(new_wm_ns, self.tick_wm_ns or new_wm_ns)
         self._evict_news()
@@ -117,10 +117,10 @@ class SymbolState:
                 or self.tick_wm_ns - t > self.lateness_ns)
 
     def _due_cadence(self, ts_ns: int) -> list[tuple[int, str, str]]:
-        if self.tick_wm_ns is None:
-            return []
         step = self.cfg.cadence_ns
         first = -(-self.tick_wm_ns // step) * step
+        if first >= ts_ns:      # the common case: no cadence step passed
+            return []
         return [(t, "cadence", "") for t in range(first, ts_ns, step)]
 
     def _due_news(self, ts_ns: int) -> list[tuple[int, str, str]]:

@@ -31,6 +31,9 @@ def require(obj: dict[str, Any], name: str) -> Any:
 
 
 def integer(obj: dict[str, Any], name: str) -> int:
+    value = obj.get(name)
+    if type(value) is int:
+        return value
     value = require(obj, name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaError("bad_type", f"{name} must be an integer, got {type(value).__name__}")
@@ -38,6 +41,9 @@ def integer(obj: dict[str, Any], name: str) -> int:
 
 
 def number(obj: dict[str, Any], name: str) -> float:
+    value = obj.get(name)
+    if type(value) is float and value - value == 0.0:   # the common case, finite (inf - inf and NaN are NaN)
+        return value
     value = require(obj, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SchemaError("bad_type", f"{name} must be a number, got {type(value).__name__}")

@@ -62,3 +62,37 @@ def tick_from_obj(obj: dict[str, Any]) -> Tick:
 
 def decode_tick(data: bytes) -> Tick:
     return tick_from_obj(parse_object(data))
+
+
+MAX_BUNDLE_TICKS = 10_000
+
+
+def decode_ticks(data: bytes) -> tuple[list[Tick], list[tuple[dict[str, Any], SchemaError]]]:
+    """What the `ticks` topic carries: one tick, or a bundle of one symbol's ticks in event-time order:
+
+        {"kind": "bundle", "symbol": "ACME", "ticks": [{"ts_ns": ..., "price": ..., "size": ...}, ...]}
+
+    (each tick may omit `symbol`: it is the bundle's). Returns the valid ticks and, for a bundle, each
+    invalid tick with its error; a record that is not readable at all raises SchemaError."""
+    obj = parse_object(data)
+    if obj.get("kind") != "bundle":
+        return [tick_from_obj(obj)], []
+    symbol, rows = f.symbol(obj), obj.get("ticks")
+    if not isinstance(rows, list) or not rows or len(rows) > MAX_BUNDLE_TICKS:
+        raise SchemaError("bad_bundle", f"ticks must be a list of 1 to {MAX_BUNDLE_TICKS} ticks")
+    good: list[Tick] = []
+    bad: list[tuple[dict[str, Any], SchemaError]] = []
+    for row in rows:
+        try:
+            good.append(_bundled(row, symbol))
+        except SchemaError as error:
+            bad.append((row if isinstance(row, dict) else {"value": row}, error))
+    return good, bad
+
+
+def _bundled(row: Any, symbol: str) -> Tick:
+    if not isinstance(row, dict):
+        raise SchemaError("not_an_object", f"bundled tick must be an object, got {type(row).__name__}")
+    if row.setdefault("symbol", symbol) != symbol:
+        raise SchemaError("bundle_symbol_mismatch", f"tick of {row['symbol']!r} in a bundle of {symbol!r}")
+    return tick_from_obj(row)

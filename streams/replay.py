@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,11 @@ def record_key(kind: str, row: dict[str, Any]) -> bytes | None:
 
 
 async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = None,
-                 progress: bool | None = None, metrics: ReplayMetrics | None = None) -> ReplayStats:
+                 progress: bool | None = None, metrics: ReplayMetrics | None = None,
+                 bundle_ms: int = 0) -> ReplayStats:
     """`speed` is a multiple of real time (1.0 = as recorded); None publishes as fast as possible.
+    `bundle_ms` > 0 sends each symbol's ticks as bundles spanning up to that much event time (one
+    Kafka record each: the agents then pay their per-record cost once per bundle, not per tick).
     Metrics are served (FINLLM_METRICS_PORT) while it runs."""
     if speed is not None and speed <= 0:
         raise ValueError("speed must be > 0")
@@ -64,6 +68,7 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
         news_partitions = sorted(await producer.partitions_for(topics.news))
         bar = tqdm(total=len(tape.ticks) + len(tape.news), unit="ev", disable=not _show(progress))
         marked_ns, marked_at = None, 0.0
+        bundler = TickBundler(bundle_ms * 1_000_000)
         for kind, row in tape.events():
             ts_ns = row.get("ts_ns")
             await pacer.wait(ts_ns)
@@ -71,12 +76,19 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
                                                                  time.monotonic() - marked_at >= WATERMARK_MIN_GAP_S)):
                 await _news_watermark(producer, topics.news, news_partitions, ts_ns)
                 marked_ns, marked_at = ts_ns, time.monotonic()
-            topic = topics.ticks if kind == "tick" else topics.news
-            await producer.send(topic, record_bytes(row), key=record_key(kind, row))
+            for key, value in bundler.due(ts_ns):
+                await producer.send(topics.ticks, value, key=key)
+            if kind == "tick" and bundler.window_ns:
+                bundler.add(row)
+            else:
+                topic = topics.ticks if kind == "tick" else topics.news
+                await producer.send(topic, record_bytes(row), key=record_key(kind, row))
             counts[kind] += 1
             metrics.events_sent.labels(kind).inc()
             metrics.lag_s.set(pacer.lag_s)
             bar.update(1)
+        for key, value in bundler.due(None):
+            await producer.send(topics.ticks, value, key=key)
         if marked_ns is not None:
             await _news_watermark(producer, topics.news, news_partitions, max(marked_ns, tape.end_ns or 0) + 1)
         await producer.flush()
@@ -94,6 +106,32 @@ async def _news_watermark(producer: Any, topic: str, partitions: list[int], ts_n
     value = encode(NewsWatermark(WATERMARK_SOURCE, ts_ns))
     for partition in partitions:
         await producer.send(topic, value, partition=partition)
+
+
+class TickBundler:
+    """Groups each symbol's consecutive ticks into bundles spanning at most `window_ns` of event time."""
+
+    def __init__(self, window_ns: int) -> None:
+        self.window_ns = window_ns
+        self.open: dict[str, tuple[int, list[dict[str, Any]]]] = {}   # symbol -> (first ts_ns, rows)
+        self.order: deque[tuple[int, str]] = deque()                  # (first ts_ns, symbol) as opened
+
+    def add(self, row: dict[str, Any]) -> None:
+        symbol = str(row.get("symbol"))
+        if symbol not in self.open:
+            first_ns = row.get("ts_ns") if isinstance(row.get("ts_ns"), int) else 0
+            self.open[symbol] = (first_ns, [])
+            self.order.append((first_ns, symbol))
+        self.open[symbol][1].append({k: v for k, v in row.items() if v is not None and k != "symbol"})
+
+    def due(self, ts_ns: Any) -> list[tuple[bytes, bytes]]:
+        """Bundles whose window closed before `ts_ns` (all of them when it is None), as (key, value)."""
+        out = []
+        while self.order and (not isinstance(ts_ns, int) or self.order[0][0] <= ts_ns - self.window_ns):
+            _, symbol = self.order.popleft()
+            _, rows = self.open.pop(symbol)
+            out.append((symbol.encode(), orjson.dumps({"kind": "bundle", "symbol": symbol, "ticks": rows})))
+        return out
 
 
 def _show(progress: bool | None) -> bool:

@@ -77,8 +77,9 @@ def test_features_returns_and_spread():
 def test_trigger_set_independent_of_news_arrival_order():
     ticks = [("tick", {"symbol": "ACME", "ts_ns": T0 + i * 7 * S, "price": 100.0 + i % 3, "size": 1.0,
                        "kind": "trade"}) for i in range(60)]
-    items = [("news", {"id": f"n{i}", "ts_ns": T0 + i * 41 * S, "source": "w", "headline": "h",
-                       "symbols": ["ACME", "BOLT"]}) for i in range(8)]
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    items = [("news", {"id": f"n{i}", "ts_ns": T0 + i * 41 * S, "source": "w", "headline": f"{w} wins a deal",
+                       "symbols": ["ACME", "BOLT"]}) for i, w in enumerate(words)]
     in_order = sorted(ticks + items, key=lambda e: e[1]["ts_ns"])
     news_first = items + ticks
     ids = {f.id for f in fired_triggers(in_order, AgentsConfig())}

@@ -1,0 +1,123 @@
+"""Agents benchmark: ticks/s through decoding, features and alignment, and trigger-to-forecast latency.
+
+    python bench/agents.py [--quick]
+
+1. `pure`: the agents' per-tick work in one process, no Kafka: decode tick bundles (validation),
+   apply each tick to its symbol's window and trigger clock (`agents.processor.Processor`).
+2. `pipeline`: the real thing: embedded broker, the agents worker process, a replay of the same
+   tape as fast as possible in tick bundles; ticks/s = ticks / time until the last trigger's
+   inference request is out (the agents have consumed every tick by then).
+The last line printed is one JSON object with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.config import AgentsConfig  # noqa: E402
+from agents.offline import fired_triggers  # noqa: E402
+from agents.processor import Processor  # noqa: E402
+from schemas import decode_ticks  # noqa: E402
+from streams.replay import TickBundler, record_bytes  # noqa: E402
+from streams.synth import synth_tape  # noqa: E402
+
+BUNDLE_MS = 250
+
+
+def bundles_of(tape) -> list[bytes]:
+    bundler, out = TickBundler(BUNDLE_MS * 1_000_000), []
+    for kind, row in tape.events():
+        out += [value for _, value in bundler.due(row["ts_ns"])]
+        if kind == "tick":
+            bundler.add(row)
+    return out + [value for _, value in bundler.due(None)]
+
+
+def bench_pure(tape) -> dict:
+    records, cfg = bundles_of(tape), AgentsConfig()
+    processor = Processor(cfg, gated=False)
+    started = time.perf_counter()
+    fired = 0
+    for record in records:
+        ticks, _ = decode_ticks(record)
+        for tick in ticks:
+            fired += len(processor.on_tick(tick, 0))
+    elapsed = time.perf_counter() - started
+    singles = [record_bytes(row) for kind, row in tape.events() if kind == "tick"]
+    started = time.perf_counter()
+    processor = Processor(cfg, gated=False)
+    for record in singles:
+        for tick in decode_ticks(record)[0]:
+            processor.on_tick(tick, 0)
+    single_s = time.perf_counter() - started
+    return {"pure_ticks_per_s": round(tape.ticks.height / elapsed), "pure_triggers": fired,
+            "pure_single_record_ticks_per_s": round(tape.ticks.height / single_s), "bundles": len(records)}
+
+
+async def bench_pipeline(tape, workdir: Path) -> dict:
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.admin import ensure_topics
+    from streams.embedded import EmbeddedStack
+    from streams.processes import WorkerProcess
+    from streams.replay import replay
+    from streams.settings import KafkaSettings
+    from streams.topics import Topics
+
+    expected = sum(1 for _ in fired_triggers(tape.events(), AgentsConfig()))
+    with EmbeddedStack.start(workdir) as stack:
+        kafka = KafkaSettings(stack.bootstrap, Topics("", 4))
+        await ensure_topics(kafka.bootstrap, kafka.topics.all())
+        agents = WorkerProcess("agents", "agents.worker", dict(os.environ, **kafka.env()), workdir)
+        try:
+            await asyncio.to_thread(agents.wait_ready, 120)
+            consumer = AIOKafkaConsumer(kafka.topics.requests, bootstrap_servers=kafka.bootstrap, group_id=None,
+                                        auto_offset_reset="earliest", fetch_max_wait_ms=20)
+            await consumer.start()
+            started = time.monotonic()
+            stats = await replay(tape, kafka, bundle_ms=BUNDLE_MS, progress=False)
+            seen, last = 0, started
+            while seen < expected and time.monotonic() - started < 600:
+                batch = await consumer.getmany(timeout_ms=200)
+                got = sum(len(part) for part in batch.values())
+                if got:
+                    seen, last = seen + got, time.monotonic()
+            await consumer.stop()
+        finally:
+            agents.stop()
+    elapsed = last - started
+    return {"ticks_per_s": round(tape.ticks.height / elapsed), "pipeline_s": round(elapsed, 2),
+            "replay_s": round(stats.duration_s, 2), "requests": seen, "triggers": expected}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller tape (about a minute in all)")
+    parser.add_argument("--symbols", type=int)
+    parser.add_argument("--minutes", type=float)
+    args = parser.parse_args()
+    symbols = args.symbols or (10 if args.quick else 40)
+    minutes = args.minutes or (30 if args.quick else 60)
+    tape = synth_tape(symbols, minutes, seed=1)
+    figures = {"symbols": symbols, "minutes": minutes, "ticks": tape.ticks.height, "bundle_ms": BUNDLE_MS}
+    figures |= bench_pure(tape)
+    print(f"pure: {figures['pure_ticks_per_s']:,} ticks/s in bundles, "
+          f"{figures['pure_single_record_ticks_per_s']:,} ticks/s one record each", flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        figures |= asyncio.run(bench_pipeline(tape, Path(workdir)))
+    print(f"pipeline: {figures['ticks_per_s']:,} ticks/s through the agents worker "
+          f"({figures['requests']}/{figures['triggers']} requests)", flush=True)
+    print(orjson.dumps(figures).decode())
+
+
+if __name__ == "__main__":
+    main()
