@@ -21,6 +21,7 @@ class AgentsConfig:
     deadline_ms: int = 10_000        # a forecast later than this after its trigger is answered numeric-only
     allowed_lateness_s: int = 1_800  # news this far (event time) behind a symbol's ticks still counts
     tick_lateness_ms: int = 0        # ticks may arrive this much out of order; triggers wait as long
+    warmup: bool = True              # on news, ask the inference worker to prefill the new news block
     news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
     news_idle_ms: int = 10_000       # watermarks absent this long (wall) count as a feed without them
     adapters: dict[str, str] = field(default_factory=dict)  # symbol -> LoRA adapter name
@@ -59,6 +60,8 @@ class AgentsConfig:
                                 ("FINLLM_TICK_LATENESS_MS", "tick_lateness_ms", int)):
             if env.get(var):
                 kw[name] = cast(env[var])
+        if env.get("FINLLM_WARMUP"):
+            kw["warmup"] = env["FINLLM_WARMUP"].lower() not in ("0", "false", "no", "off")
         if env.get("FINLLM_ADAPTERS"):
             kw["adapters"] = dict(pair.split(":", 1) for pair in env["FINLLM_ADAPTERS"].split(",") if pair)
         return cls(**kw)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from agents.config import AgentsConfig, NS_PER_S
 from agents.features import Features, TickWindow
-from agents.prompt import build_prompt
+from agents.prompt import news_block, numeric_tail
 from agents.signal import numeric_probs
-from schemas import InferenceRequest, NewsItem, Tick, forecast_id
+from schemas import InferenceRequest, NewsItem, Probs, Tick, forecast_id
 from schemas.fields import MAX_TS_NS
 
 MAX_SEEN_NEWS = 10_000
@@ -73,6 +73,7 @@ class SymbolState:
         self.newest_tick_ns: int | None = None
         self.tick_wm_ns: int | None = None       # newest tick time less the tick lateness
         self.partition = 0
+        self.prefixes: dict[tuple[str, ...], str] = {}   # news ids -> news block, built when news arrives
 
     def on_tick(self, tick: Tick, wall_ns: int, gate: NewsGate) -> list[Fired]:
         if self.tick_wm_ns is not None and tick.ts_ns < self.tick_wm_ns:
@@ -94,6 +95,7 @@ class SymbolState:
             raise LateEventError(f"news {item.id} at {item.ts_ns} is over {self.cfg.allowed_lateness_s} s "
                                  f"behind {self.symbol}'s ticks")
         self._remember(item)
+        self._prefix(self._news_as_of(self.news[-1].ts_ns))
         if self.tick_wm_ns is not None and item.ts_ns < self.tick_wm_ns:
             heapq.heappush(self.held, (item.ts_ns, "news", item.id, wall_ns))
         else:
@@ -139,6 +141,18 @@ class SymbolState:
         moved = self.window.log_return(news[-1].ts_ns, ts_ns) if news else None
         return Fired(forecast_id(self.symbol, ts_ns, trigger, news_id), self.symbol, ts_ns, trigger, news_id,
                      features, news, ready_wall_ns, moved)
+
+    def _prefix(self, news: tuple[NewsItem, ...]) -> str:
+        """The news block of a prompt, built once per news set (when the news arrives: predictive buffering)."""
+        key = tuple(n.id for n in news)
+        if key not in self.prefixes:
+            if len(self.prefixes) >= 4:
+                self.prefixes.pop(next(iter(self.prefixes)))
+            self.prefixes[key] = news_block(self.symbol, news)
+        return self.prefixes[key]
+
+    def latest_prefix(self) -> str | None:
+        return self.prefixes[next(reversed(self.prefixes))] if self.prefixes else None
 
     def _news_as_of(self, ts_ns: int) -> tuple[NewsItem, ...]:
         oldest = ts_ns - self.cfg.news_window_s * NS_PER_S
@@ -205,14 +219,26 @@ class Processor:
         gate = self.gate(partition, wall_ns)
         return [f for s in self.states.values() if s.partition == partition for f in s.release(wall_ns, gate)]
 
+    def warmup(self, symbol: str, created_wall_ns: int) -> InferenceRequest | None:
+        """A request to prefill `symbol`'s current news block, so its next trigger only computes the tail."""
+        state = self.states.get(symbol)
+        prefix = state.latest_prefix() if state else None
+        if not self.cfg.warmup or prefix is None or state.tick_wm_ns is None:
+            return None
+        probs = Probs(1 / 3, 1 / 3, 1 / 3)
+        return InferenceRequest(f"warmup-{forecast_id(symbol, state.tick_wm_ns, 'warmup', prefix[-64:])}", symbol,
+                                state.tick_wm_ns, self.cfg.horizon_s, "news", prefix, probs, (),
+                                self.cfg.adapter_for(symbol), created_wall_ns, created_wall_ns,
+                                created_wall_ns + self.cfg.deadline_ms * 1_000_000, kind="warmup")
+
     def release_all(self, wall_ns: int) -> list[Fired]:
         """For a timer: fire what the wall-clock grace now lets go."""
         return [f for s in self.states.values() for f in s.release(wall_ns, self.gate(s.partition, wall_ns))]
 
     def request(self, fired: Fired, created_wall_ns: int) -> InferenceRequest:
         cfg = self.cfg
-        prompt = build_prompt(fired.symbol, fired.ts_ns, fired.features, fired.news, cfg.news_half_life_s,
-                              cfg.horizon_s)
+        prompt = self.states[fired.symbol]._prefix(fired.news) + numeric_tail(
+            fired.ts_ns, fired.features, fired.news, cfg.news_half_life_s, cfg.horizon_s)
         return InferenceRequest(
             id=fired.id, symbol=fired.symbol, ts_ns=fired.ts_ns, horizon_s=cfg.horizon_s, trigger=fired.trigger,
             prompt=prompt, numeric=numeric_probs(fired.features, cfg.horizon_s, cfg.flat_bps, cfg.momentum_coef),

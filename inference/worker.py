@@ -35,7 +35,7 @@ class WorkerConfig:
     group_id: str = "finllm-inference"
     max_batch: int = 32
     poll_timeout_ms: int = 50
-    session_timeout_ms: int = 10_000
+    session_timeout_ms: int = 6_000     # a crashed worker's partitions move to a restarted one within ~this
     engine: str = "paged"            # "paged" (our multi-LoRA engine) or "hf" (transformers + PEFT)
     model_dir: str | None = None     # None: the embedded default model, built on first use
     adapters: tuple[tuple[str, str], ...] = ()
@@ -97,6 +97,7 @@ class InferenceWorker:
         self.latest = LatestStore.from_url(redis_url, kafka.topics.prefix) if redis_url else None
         self.stopping = asyncio.Event()
         self.forecasts_published = 0
+        self.warmups = 0
         self.metrics = InferenceMetrics()
 
     async def run(self) -> None:
@@ -135,6 +136,7 @@ class InferenceWorker:
                 self.metrics.deadletters.labels("inference", error.reason).inc()
                 await self.deadletters.send(source_topic=record.topic, error=error, key=record.key,
                                             value=record.value, partition=record.partition, offset=record.offset)
+        requests = await self._warm_up(requests)
         results, inference_ms = await self._score(requests)
         deep, deep_ms = await self._deep_path(requests, results)
         self.metrics.latency_s.observe((inference_ms + deep_ms) / 1e3)
@@ -149,6 +151,15 @@ class InferenceWorker:
         self.forecasts_published += len(forecasts)
         self.metrics.observe_forecasts(forecasts)
         await self._store_latest(forecasts)
+
+    async def _warm_up(self, requests: list[InferenceRequest]) -> list[InferenceRequest]:
+        """Prefill the news blocks the agents sent ahead of their triggers (predictive buffering), so
+        that a trigger's prompt finds its prefix cached; answers nothing. Returns the forecast requests."""
+        warm = [r for r in requests if r.kind == "warmup"]
+        if warm and getattr(self.scorer, "prefix_caching", False):
+            await self._score(warm)
+            self.warmups += len(warm)
+        return [r for r in requests if r.kind != "warmup"]
 
     async def _deep_path(self, requests: list[InferenceRequest],
                          results: list[ScoreResult | None]) -> tuple[dict[str, ScoreResult], float]:

@@ -72,6 +72,7 @@ class InferenceRequest:
     created_wall_ns: int
     deadline_wall_ns: int
     features: dict[str, float] = field(default_factory=dict)
+    kind: Literal["forecast", "warmup"] = "forecast"   # warmup: prefill the prompt's prefix only, answer nothing
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> InferenceRequest:
@@ -79,7 +80,8 @@ class InferenceRequest:
             f.identifier(obj, "id"), f.symbol(obj), f.timestamp_ns(obj), _horizon(obj),
             _trigger(obj), f.text(obj, "prompt", MAX_PROMPT_CHARS), Probs.from_obj(obj.get("numeric")),
             _ids(obj, "news_ids"), _adapter(obj), f.integer(obj, "ingest_wall_ns"),
-            f.integer(obj, "created_wall_ns"), f.integer(obj, "deadline_wall_ns"), _features(obj))
+            f.integer(obj, "created_wall_ns"), f.integer(obj, "deadline_wall_ns"), _features(obj),
+            _choice(obj, "kind", ("forecast", "warmup")) if "kind" in obj else "forecast")
 
 
 @dataclass(frozen=True, slots=True)

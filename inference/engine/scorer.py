@@ -101,6 +101,11 @@ class EngineScorer:
     def metrics(self) -> dict:
         return {**self.engine.metrics(), "rejected_items": self.num_rejected}
 
+    @property
+    def prefix_caching(self) -> bool:
+        """Whether a prompt's computed prefix blocks are kept for later prompts (warm-ups pay off)."""
+        return self.engine.config.enable_prefix_caching
+
     def close(self) -> None:
         for request in list(self.engine.scheduler.waiting + self.engine.scheduler.running):
             self.engine.abort(request.request_id)

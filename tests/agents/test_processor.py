@@ -183,3 +183,19 @@ def test_ticks_out_of_order_within_lateness_give_the_in_order_forecasts():
     p.on_tick(trade(100, 100.0), 0)
     with pytest.raises(LateEventError):
         p.on_tick(trade(96.9, 100.0), 0)                # more than 3 s behind the newest tick
+
+
+def test_news_block_is_built_on_arrival_and_prefixes_the_trigger_prompt():
+    from agents.prompt import build_prompt
+
+    p = Processor(AgentsConfig(cadence_s=60, news_grace_ms=0, news_idle_ms=0))
+    p.on_tick(trade(1, 100.0), 0)
+    p.on_news(news("n1", 10, headline="ACME wins a contract"), "ACME", 0)
+    warm = p.warmup("ACME", 5)
+    assert warm.kind == "warmup" and "ACME wins a contract" in warm.prompt
+    fired = p.on_tick(trade(61, 100.0), 0) + p.release_all(10**12)
+    request = p.request(next(f for f in fired if f.trigger == "cadence"), 7)
+    assert request.prompt.startswith(warm.prompt) and len(request.prompt) > len(warm.prompt)
+    f = next(f for f in fired if f.trigger == "cadence")
+    assert request.prompt == build_prompt("ACME", f.ts_ns, f.features, f.news, 600, 60)
+    assert Processor(AgentsConfig(warmup=False)).warmup("ACME", 5) is None
