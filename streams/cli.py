@@ -64,15 +64,16 @@ def up(workdir: Path, partitions: int) -> None:
 @click.argument("tape", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--speed", type=float, help="Multiple of real time (1 = as recorded).")
 @click.option("--max", "as_fast", is_flag=True, help="As fast as possible (the default without --speed).")
+@click.option("--bundle-ms", default=0, show_default=True, help="Send each symbol's ticks in bundles of this span.")
 @bootstrap_option
-def replay_cmd(tape: Path, speed: float | None, as_fast: bool, bootstrap: str | None) -> None:
+def replay_cmd(tape: Path, speed: float | None, as_fast: bool, bundle_ms: int, bootstrap: str | None) -> None:
     """Publish a tape to `ticks` and `news` in event-time order."""
     from streams.replay import replay
     from streams.tape import Tape
 
     if speed is not None and as_fast:
         raise click.UsageError("--speed and --max exclude each other")
-    stats = asyncio.run(replay(Tape.read(tape), _kafka(bootstrap), speed=speed))
+    stats = asyncio.run(replay(Tape.read(tape), _kafka(bootstrap), speed=speed, bundle_ms=bundle_ms))
     click.echo(orjson.dumps({"ticks": stats.ticks, "news": stats.news, "duration_s": round(stats.duration_s, 3),
                              "max_lag_s": round(stats.max_lag_s, 3)}).decode())
 

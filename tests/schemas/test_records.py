@@ -100,3 +100,20 @@ def test_deadletter_keeps_original_bytes():
                          stage="agents", ts_wall_ns=1)
     back = s.decode_deadletter(s.encode(dl))
     assert back.value == raw and back.key == "ACME" and back.reason == "invalid_utf8"
+
+
+def test_tick_bundle_decodes_good_ticks_and_isolates_bad_ones():
+    bundle = orjson.dumps({"kind": "bundle", "symbol": "ACME", "ticks": [
+        {"ts_ns": TS, "price": 10.0, "size": 1.0},
+        {"ts_ns": TS + 1, "price": -1.0, "size": 1.0},
+        {"ts_ns": TS + 2, "bid_px": 9.9, "bid_sz": 1, "ask_px": 10.1, "ask_sz": 2},
+        {"symbol": "BOLT", "ts_ns": TS + 3, "price": 10.0, "size": 1.0},
+        "junk"]})
+    good, bad = s.decode_ticks(bundle)
+    assert [t.ts_ns - TS for t in good] == [0, 2] and all(t.symbol == "ACME" for t in good)
+    assert [e.reason for _, e in bad] == ["non_positive_price", "bundle_symbol_mismatch", "not_an_object"]
+    assert s.decode_ticks(trade()) == ([s.decode_tick(trade())], [])
+    for broken in (orjson.dumps({"kind": "bundle", "symbol": "ACME", "ticks": []}),
+                   orjson.dumps({"kind": "bundle", "ticks": [{"ts_ns": TS, "price": 1.0, "size": 1.0}]})):
+        with pytest.raises(s.SchemaError):
+            s.decode_ticks(broken)
