@@ -16,6 +16,7 @@ import faust
 
 from agents.config import AgentsConfig
 from agents.processor import OPEN_GATE, Fired, LateEventError, Processor
+from agents.recovery import CheckpointStore, Recovery
 from agents.transport import broker_url
 from schemas import DeadLetter, NewsWatermark, SchemaError, Tick, decode_news_event, decode_tick, encode
 from streams.health import mark_ready
@@ -25,6 +26,7 @@ from streams.settings import KafkaSettings
 log = logging.getLogger("finllm.agents")
 REBALANCE_TIMEOUT_S = 3.0
 RELEASE_INTERVAL_S = 0.1
+SESSION_TIMEOUT_S = 6.0    # a crashed worker's partitions go to a restarted one within this (measured: ~8 s)
 NS_PER_S = 1_000_000_000
 MAX_AHEAD_OF_WALL_NS = 86_400 * NS_PER_S       # event time a day past the wall clock: a broken clock
 MAX_TICK_GAP_NS = 7 * 86_400 * NS_PER_S        # a symbol silent this long starts a new session
@@ -67,13 +69,15 @@ def faust_settings(kafka: KafkaSettings, *, web_port: int) -> dict[str, Any]:
     return dict(
         broker=broker_url(kafka.bootstrap), web_enabled=False, web_port=web_port,
         web_host="127.0.0.1", topic_disable_leader=True, topic_allow_declare=False,
-        broker_rebalance_timeout=REBALANCE_TIMEOUT_S, broker_session_timeout=10.0,
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_S, broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=1.0, broker_commit_interval=0.5, consumer_auto_offset_reset="earliest",
         producer_acks=-1, producer_linger_ms=2, stream_wait_empty=False, table_cleanup_interval=3600.0,
     )
 
 
-def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id: str = "finllm-agents") -> faust.App:
+def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id: str = "finllm-agents",
+               redis_url: str | None = None) -> faust.App:
+    """`redis_url` keeps the checkpoints that let a restarted worker rebuild its state (agents.recovery)."""
     app = faust.App(app_id, **faust_settings(kafka, web_port=web_port))
     topics = kafka.topics
 
@@ -84,6 +88,8 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
         raw_topic(topics.deadletter)
     processor = Processor(cfg, news_origins=topics.partitions)
     guard = EventGuard()
+    recovery = Recovery(kafka, cfg, app_id, CheckpointStore.from_url(redis_url, topics.prefix, app_id)
+                        if redis_url else None)
     metrics = AgentsMetrics()
     topic_label = {t: t.removeprefix(topics.prefix) for t in topics.all()}
 
@@ -95,6 +101,10 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
         await (await deadletter.send(key=message.key, value=encode(record)))
 
     async def send_requests(fired: list) -> None:
+        with recovery.sending(fired):
+            await _send_requests(fired)
+
+    async def _send_requests(fired: list) -> None:
         futures = []
         for f in fired:
             log.debug("fire %s %s T=%d news=%s", f.symbol, f.trigger, f.ts_ns, [n.id for n in f.news])
@@ -131,6 +141,7 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
         async for event in stream.events():
             message = event.message
             metrics.events_in.labels(topic_label.get(message.topic, "other")).inc()
+            await send_requests(await recovery.rebuild(message.partition, processor, feed=replayed))
             try:
                 fired = route(message, event.value, time.time_ns())
             except (SchemaError, LateEventError) as error:
@@ -142,18 +153,32 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
             await asyncio.sleep(0)  # let the news router run: the stream would not yield on its own
 
     def route(message: Any, value: bytes, wall_ns: int) -> list:
+        recovery.passed(message.topic, message.partition, message.offset)
         if message.topic == topics.ticks:
-            return guard.on_tick(processor, decode_tick(value), wall_ns=wall_ns, partition=message.partition)
+            tick = decode_tick(value)
+            fired = guard.on_tick(processor, tick, wall_ns=wall_ns, partition=message.partition)
+            recovery.ledger.on_tick(tick.symbol, tick.ts_ns, message.offset)
+            return fired
         item = decode_news_event(value)
         guard.check_time(item.ts_ns, wall_ns)
         if isinstance(item, NewsWatermark):
             return processor.on_news_watermark(item.ts_ns, item.origin, wall_ns, message.partition)
-        return processor.on_news(item, (message.key or b"").decode(), wall_ns, message.partition)
+        fired = processor.on_news(item, (message.key or b"").decode(), wall_ns, message.partition)
+        recovery.ledger.on_news(message.partition, item.ts_ns, message.offset)
+        return fired
+
+    def replayed(record: Any) -> list:
+        """A record re-read to rebuild state: its dead letter, if any, went out before the crash."""
+        try:
+            return route(record, record.value, time.time_ns())
+        except (SchemaError, LateEventError):
+            return []
 
     @app.timer(RELEASE_INTERVAL_S)
     async def release() -> None:
         """Triggers waiting for news that no watermark announces go after the grace period."""
         await send_requests(processor.release_all(time.time_ns()))
+        await recovery.save(processor)
         metrics.observe_buffers(sum(len(s.held) for s in processor.states.values()), len(processor.states))
 
     @app.task

@@ -16,7 +16,8 @@ def main() -> None:
     kafka = KafkaSettings.from_env()
     web_port = int(os.environ.get("FINLLM_AGENTS_WEB_PORT") or free_port())
     app = create_app(kafka, AgentsConfig.from_env(), web_port=web_port,
-                     app_id=os.environ.get("FINLLM_AGENTS_APP_ID", "finllm-agents"))
+                     app_id=os.environ.get("FINLLM_AGENTS_APP_ID", "finllm-agents"),
+                     redis_url=os.environ.get("FINLLM_REDIS_URL") or None)
     level = os.environ.get("FINLLM_LOG_LEVEL", "INFO")
     logging.getLogger("faust").setLevel(level)
     logging.getLogger("finllm").setLevel(os.environ.get("FINLLM_AGENTS_LOG_LEVEL", level))
