@@ -14,9 +14,12 @@ from typing import Any
 
 import faust
 
+from agents.audit import AuditChain, AuditWriter, config_hash, new_producer_id, request_payload
 from agents.config import AgentsConfig
+from agents.news_dedup import NewsScreen
 from agents.processor import OPEN_GATE, Fired, LateEventError, Processor
 from agents.recovery import CheckpointStore, Recovery
+from agents.sanitise import NewsRejected
 from agents.transport import broker_url
 from schemas import DeadLetter, NewsWatermark, SchemaError, Tick, decode_news_event, decode_tick, encode
 from streams.health import mark_ready
@@ -87,6 +90,11 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     requests, symbol_news, deadletter = raw_topic(topics.requests), raw_topic(topics.symbol_news), \
         raw_topic(topics.deadletter)
     processor = Processor(cfg, news_origins=topics.partitions)
+    news_screen = NewsScreen.from_env(topics.prefix)
+    audit_topic = raw_topic(topics.audit)
+    audit = AuditWriter(AuditChain(new_producer_id(app_id)),
+                        lambda key, value: audit_topic.send(key=key, value=value))
+    settings_hash = config_hash(cfg, news_screen.policy)
     guard = EventGuard()
     recovery = Recovery(kafka, cfg, app_id, CheckpointStore.from_url(redis_url, topics.prefix, app_id)
                         if redis_url else None)
@@ -112,18 +120,23 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
             metrics.triggers.labels(f.trigger).inc()
             metrics.trigger_wait_s.observe(max(request.created_wall_ns - f.ingest_wall_ns, 0) / 1e9)
             futures.append(await requests.send(key=(request.adapter or request.symbol).encode(), value=encode(request)))
+            futures.append(await audit.write(request_payload(request, window_s=cfg.long_window_s,
+                                                             config_digest=settings_hash)))
         for fut in futures:
             await fut
 
     @app.agent(raw_topic(topics.news), name="route-news")
     async def route_news(stream: faust.StreamT) -> None:
-        """Fan news out to its symbols' partitions, and each watermark to every partition."""
+        """Fan news out to its symbols' partitions, and each watermark to every partition. News is
+        screened first (agents.news_dedup): sanitised, and blocked or duplicate items dead-lettered."""
         async for event in stream.events():
             metrics.events_in.labels(topic_label.get(event.message.topic, "other")).inc()
             try:
                 item = decode_news_event(event.value)
                 guard.check_time(item.ts_ns, time.time_ns())
-            except SchemaError as error:
+                if not isinstance(item, NewsWatermark):
+                    item = await news_screen.admit(item)
+            except (SchemaError, NewsRejected) as error:
                 await dead(event.message, error)
                 continue
             if isinstance(item, NewsWatermark):  # idempotent (a max): a lost one is superseded, so no wait

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -21,12 +20,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from agents.news_policy import NewsPolicy
-from agents.sanitise import NewsRejected, headline_key, screen
+from agents.sanitise import LRU_ENTRIES, LocalSeen, dedup_keys, duplicate, screen
 from schemas import NewsItem
 
 log = logging.getLogger("finllm.agents.news")
 NS_PER_MS = 1_000_000
-LRU_ENTRIES = 100_000
 REDIS_TIMEOUT_S = 0.25
 RETRY_AFTER_S = 5.0
 
@@ -51,29 +49,6 @@ return false
 """
 
 
-class LocalSeen:
-    """The same check as the Redis script, on a bounded LRU of (key, symbol) -> (ts_ms, id)."""
-
-    def __init__(self, max_entries: int = LRU_ENTRIES) -> None:
-        self.max_entries = max_entries
-        self.entries: OrderedDict[str, tuple[int, str]] = OrderedDict()
-
-    def seen_before(self, keys: list[str], news_id: str, ts_ms: int, window_ms: int) -> str | None:
-        for key in keys:
-            seen = self.entries.get(key)
-            if seen is not None and seen[1] != news_id and abs(ts_ms - seen[0]) <= window_ms:
-                return seen[1]
-        self.record(keys, news_id, ts_ms)
-        return None
-
-    def record(self, keys: list[str], news_id: str, ts_ms: int) -> None:
-        for key in keys:
-            self.entries[key] = (ts_ms, news_id)
-            self.entries.move_to_end(key)
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
-
-
 class NewsDedup:
     def __init__(self, client: aioredis.Redis | None, ttl_s: int, *, prefix: str = "",
                  retry_after_s: float = RETRY_AFTER_S, lru_entries: int = LRU_ENTRIES) -> None:
@@ -93,8 +68,7 @@ class NewsDedup:
         return cls(client, ttl_s, prefix=prefix, **kw)
 
     def keys(self, item: NewsItem) -> list[str]:
-        key = headline_key(item.headline, item.symbols)   # {key}: one hash slot for a Redis Cluster
-        return [f"{self.prefix}finllm:news-seen:{{{key}}}:{symbol}" for symbol in item.symbols]
+        return [f"{self.prefix}finllm:news-seen:{key}" for key in dedup_keys(item)]
 
     async def duplicate_of(self, item: NewsItem) -> str | None:
         """The id of an earlier item telling the same story for an overlapping symbol, or None."""
@@ -144,6 +118,5 @@ class NewsScreen:
         clean = screen(item, self.policy)
         original = await self.dedup.duplicate_of(clean)
         if original is not None:
-            raise NewsRejected("duplicate", f"same headline as news {original!r} within "
-                                            f"{self.policy.dedup_ttl_s}s for one of {list(item.symbols)}")
+            raise duplicate(item, original, self.policy)
         return clean

@@ -8,17 +8,25 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from agents.config import AgentsConfig
+from agents.news_policy import NewsPolicy
 from agents.processor import Fired, Processor
+from agents.sanitise import LocalNewsScreen, NewsRejected
 from schemas import NewsItem, tick_from_obj
 
 
-def fired_triggers(events: Iterable[tuple[str, dict[str, Any]]], cfg: AgentsConfig) -> Iterator[Fired]:
-    """`events` as a tape yields them: ("tick", row) / ("news", row) in event-time order."""
+def fired_triggers(events: Iterable[tuple[str, dict[str, Any]]], cfg: AgentsConfig,
+                   news_policy: NewsPolicy | None = None) -> Iterator[Fired]:
+    """`events` as a tape yields them: ("tick", row) / ("news", row) in event-time order. News goes
+    through the agents' news screen first (`news_policy`, default from the environment)."""
     processor = Processor(cfg, gated=False)
+    news_screen = LocalNewsScreen(news_policy or NewsPolicy.from_env())
     for kind, row in events:
         if kind == "tick":
             yield from processor.on_tick(tick_from_obj(row), 0)
         else:
-            item = NewsItem.from_obj(row)
+            try:
+                item = news_screen.admit(NewsItem.from_obj(row))
+            except NewsRejected:
+                continue
             for symbol in item.symbols:
                 yield from processor.on_news(item, symbol, 0)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from collections import OrderedDict
 
 from agents.news_policy import NewsPolicy
 from agents.prompt import sanitise_text
 from schemas import NewsItem
 
 KEY_BYTES = 16
+LRU_ENTRIES = 100_000
 MAX_LEAD_TAGS = 3
 UNCAPPED_CHARS = 1 << 20
 _SEP = r"(?:\s*[:|]|\s+[-–—]|[-–—]\s+)"   # "-" only with a space beside it: "US-China" is no tag
@@ -67,6 +69,12 @@ def headline_key(headline: str, symbols: tuple[str, ...] = ()) -> str:
     return hashlib.blake2b(key, digest_size=KEY_BYTES).hexdigest()
 
 
+def dedup_keys(item: NewsItem) -> list[str]:
+    """One key per symbol; the headline part in braces keeps them in one Redis Cluster hash slot."""
+    key = headline_key(item.headline, item.symbols)
+    return [f"{{{key}}}:{symbol}" for symbol in item.symbols]
+
+
 def screen(item: NewsItem, policy: NewsPolicy) -> NewsItem:
     """The item with its text sanitised and capped; raises NewsRejected for a blocked source or a
     headline with nothing left. The source is kept as is: `policy.credibility(source)` weighs it."""
@@ -77,3 +85,47 @@ def screen(item: NewsItem, policy: NewsPolicy) -> NewsItem:
         raise NewsRejected("empty_headline", "headline has no text once markup is stripped")
     body = None if item.body is None else sanitise_text(item.body, policy.max_body_chars) or None
     return dataclasses.replace(item, headline=headline, body=body)
+
+
+class LocalSeen:
+    """The same check as the Redis script, on a bounded LRU of (key, symbol) -> (ts_ms, id)."""
+
+    def __init__(self, max_entries: int = LRU_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, tuple[int, str]] = OrderedDict()
+
+    def seen_before(self, keys: list[str], news_id: str, ts_ms: int, window_ms: int) -> str | None:
+        for key in keys:
+            seen = self.entries.get(key)
+            if seen is not None and seen[1] != news_id and abs(ts_ms - seen[0]) <= window_ms:
+                return seen[1]
+        self.record(keys, news_id, ts_ms)
+        return None
+
+    def record(self, keys: list[str], news_id: str, ts_ms: int) -> None:
+        for key in keys:
+            self.entries[key] = (ts_ms, news_id)
+            self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
+class LocalNewsScreen:
+    """The whole screen in one process, without Redis: what a replay of a tape must let through
+    (`agents.offline`), and the same rules as `agents.news_dedup.NewsScreen`."""
+
+    def __init__(self, policy: NewsPolicy, seen: LocalSeen | None = None) -> None:
+        self.policy, self.seen = policy, seen or LocalSeen()
+
+    def admit(self, item: NewsItem) -> NewsItem:
+        clean = screen(item, self.policy)
+        window_ms = self.policy.dedup_ttl_s * 1000
+        original = self.seen.seen_before(dedup_keys(clean), clean.id, clean.ts_ns // 1_000_000, window_ms)
+        if original is not None:
+            raise duplicate(item, original, self.policy)
+        return clean
+
+
+def duplicate(item: NewsItem, original: str, policy: NewsPolicy) -> NewsRejected:
+    return NewsRejected("duplicate", f"same headline as news {original!r} within {policy.dedup_ttl_s}s "
+                                     f"for one of {list(item.symbols)}")

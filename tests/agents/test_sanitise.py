@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from agents.news_dedup import LocalSeen, NewsDedup, NewsScreen
+from agents.news_dedup import NewsDedup, NewsScreen
 from agents.news_policy import NewsPolicy
-from agents.sanitise import NewsRejected, headline_key, normalise_headline, screen
+from agents.sanitise import LocalNewsScreen, LocalSeen, NewsRejected, headline_key, normalise_headline, screen
 from schemas import NewsItem
 from streams.embedded import EmbeddedRedis, ServiceConfig
 
@@ -64,13 +64,15 @@ def test_local_seen_is_bounded_and_keeps_the_newest():
     assert seen.seen_before(["k4"], "other", 500, 1000) == "n4"
 
 
+# A first item, its re-delivery, the same story from another source (overlapping symbols), the same
+# story for other symbols, and the same story two hours later.
+STORY = [news("a", "Acme beats estimates", ("ACME", "X")), news("a", "Acme beats estimates", ("ACME", "X")),
+         news("b", "UPDATE: Acme beats estimates", ("X", "Y"), source="blog"),
+         news("c", "Acme beats estimates", ("OTHER",)), news("d", "Acme beats estimates", ("ACME",), minutes=120)]
+
+
 async def dedup_story(dedup: NewsDedup) -> list:
-    """Answers for: a first item, its re-delivery, the same story from another source (overlapping
-    symbols), the same story for other symbols, and the same story two hours later."""
-    items = [news("a", "Acme beats estimates", ("ACME", "X")), news("a", "Acme beats estimates", ("ACME", "X")),
-             news("b", "UPDATE: Acme beats estimates", ("X", "Y"), source="blog"),
-             news("c", "Acme beats estimates", ("OTHER",)), news("d", "Acme beats estimates", ("ACME",), minutes=120)]
-    return [await dedup.duplicate_of(item) for item in items]
+    return [await dedup.duplicate_of(item) for item in STORY]
 
 
 EXPECTED = [None, None, "a", None, None]
@@ -116,3 +118,14 @@ def test_screen_rejects_duplicates_with_reason():
         return first, dup.value
     first, dup = asyncio.run(main())
     assert first.headline == "Acme beats" and dup.reason == "duplicate" and "'a'" in str(dup)
+
+
+def test_local_screen_applies_the_same_rules():
+    local = LocalNewsScreen(NewsPolicy(blocked_sources=frozenset({"spam"})))
+    answers = []
+    for item in STORY + [news("s", "Spam", source="spam")]:
+        try:
+            answers.append(local.admit(item).id)
+        except NewsRejected as error:
+            answers.append(error.reason)
+    assert answers == ["a", "a", "duplicate", "c", "d", "blocked_source"]
