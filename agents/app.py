@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 
 from agents.audit import AuditChain, AuditWriter, config_hash, new_producer_id, request_payload
 from agents.config import AgentsConfig
@@ -21,7 +23,8 @@ from agents.processor import OPEN_GATE, Fired, LateEventError, Processor
 from agents.recovery import CheckpointStore, Recovery
 from agents.sanitise import NewsRejected
 from agents.transport import broker_url
-from schemas import DeadLetter, NewsWatermark, SchemaError, Tick, decode_news_event, decode_tick, encode
+from schemas import (DeadLetter, InferenceRequest, NewsWatermark, SchemaError, Tick, decode_news_event,
+                     decode_ticks, encode)
 from streams.health import mark_ready
 from streams.metrics import AgentsMetrics, run_observability
 from streams.settings import KafkaSettings
@@ -96,9 +99,9 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
                         lambda key, value: audit_topic.send(key=key, value=value))
     settings_hash = config_hash(cfg, news_screen.policy)
     guard = EventGuard()
-    recovery = Recovery(kafka, cfg, app_id, CheckpointStore.from_url(redis_url, topics.prefix, app_id)
-                        if redis_url else None)
     metrics = AgentsMetrics()
+    recovery = Recovery(kafka, cfg, app_id, CheckpointStore.from_url(
+        redis_url, topics.prefix, app_id, metrics.redis_errors.labels("checkpoint")) if redis_url else None)
     topic_label = {t: t.removeprefix(topics.prefix) for t in topics.all()}
 
     async def dead(message: Any, error: Exception) -> None:
@@ -156,34 +159,58 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
             metrics.events_in.labels(topic_label.get(message.topic, "other")).inc()
             await send_requests(await recovery.rebuild(message.partition, processor, feed=replayed))
             try:
-                fired = route(message, event.value, time.time_ns())
+                routed = route(message, event.value, time.time_ns())
             except (SchemaError, LateEventError) as error:
-                if isinstance(error, LateEventError):
-                    metrics.late_events.labels(topic_label.get(message.topic, "other")).inc()
-                await dead(message, error)
+                await reject(message, error)
                 continue
-            await send_requests(fired)
+            for raw, error in routed.rejects:   # bad ticks inside a bundle, one dead letter each
+                await reject(message, error, value=raw)
+            await send_requests(routed.fired)
+            await send_warmups(routed.warmups)
             await asyncio.sleep(0)  # let the news router run: the stream would not yield on its own
 
-    def route(message: Any, value: bytes, wall_ns: int) -> list:
+    async def reject(message: Any, error: Exception, value: bytes | None = None) -> None:
+        if isinstance(error, LateEventError):
+            metrics.late_events.labels(topic_label.get(message.topic, "other")).inc()
+        await dead(message if value is None else _Replaced(message, value), error)
+
+    async def send_warmups(warmups: list[InferenceRequest]) -> None:
+        for request in warmups:   # a lost warm-up only costs latency: no wait for the broker's ack
+            await requests.send(key=(request.adapter or request.symbol).encode(), value=encode(request))
+
+    def route(message: Any, value: bytes, wall_ns: int) -> Routed:
         recovery.passed(message.topic, message.partition, message.offset)
         if message.topic == topics.ticks:
-            tick = decode_tick(value)
-            fired = guard.on_tick(processor, tick, wall_ns=wall_ns, partition=message.partition)
-            recovery.ledger.on_tick(tick.symbol, tick.ts_ns, message.offset)
-            return fired
+            return route_ticks(message, value, wall_ns)
         item = decode_news_event(value)
         guard.check_time(item.ts_ns, wall_ns)
         if isinstance(item, NewsWatermark):
-            return processor.on_news_watermark(item.ts_ns, item.origin, wall_ns, message.partition)
-        fired = processor.on_news(item, (message.key or b"").decode(), wall_ns, message.partition)
+            return Routed(processor.on_news_watermark(item.ts_ns, item.origin, wall_ns, message.partition))
+        symbol = (message.key or b"").decode()
+        fired = processor.on_news(item, symbol, wall_ns, message.partition)
         recovery.ledger.on_news(message.partition, item.ts_ns, message.offset)
-        return fired
+        warmup = processor.warmup(symbol, time.time_ns())
+        return Routed(fired, warmups=[warmup] if warmup else [])
+
+    def route_ticks(message: Any, value: bytes, wall_ns: int) -> Routed:
+        """One tick (its errors raise: the record is dead-lettered) or a bundle (bad ticks go alone)."""
+        ticks, bad = decode_ticks(value)
+        routed = Routed([], [(orjson.dumps(row), error) for row, error in bad])
+        for tick in ticks:
+            try:
+                routed.fired.extend(guard.on_tick(processor, tick, wall_ns=wall_ns, partition=message.partition))
+            except (SchemaError, LateEventError) as error:
+                if len(ticks) == 1 and not bad:
+                    raise
+                routed.rejects.append((encode(tick), error))
+                continue
+            recovery.ledger.on_tick(tick.symbol, tick.ts_ns, message.offset)
+        return routed
 
     def replayed(record: Any) -> list:
         """A record re-read to rebuild state: its dead letter, if any, went out before the crash."""
         try:
-            return route(record, record.value, time.time_ns())
+            return route(record, record.value, time.time_ns()).fired
         except (SchemaError, LateEventError):
             return []
 
@@ -206,3 +233,23 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
         mark_ready()
 
     return app
+
+
+@dataclass(slots=True)
+class Routed:
+    """What one record did: triggers fired, bad ticks of a bundle (raw bytes, error), warm-up requests."""
+
+    fired: list[Fired]
+    rejects: list[tuple[bytes, Exception]] = field(default_factory=list)
+    warmups: list[InferenceRequest] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Replaced:
+    """A message seen through its dead-letter fields, with the value of one bad tick of its bundle."""
+
+    message: Any
+    value: bytes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)

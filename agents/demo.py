@@ -45,6 +45,7 @@ class DemoOptions:
     timeout_s: float = 600.0            # for all forecasts to arrive after the replay
     inject_bad: int = 0                 # malformed records sent before the tape, to show they are contained
     agents_workers: int = 1             # Faust workers in one group: they split the symbols by partition
+    bundle_ms: int = 0                  # replay ticks in per-symbol bundles of this event-time span
 
 
 @contextlib.contextmanager
@@ -97,7 +98,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         collecting = asyncio.create_task(collector.run())
         await collector.started.wait()
         await _inject_bad(kafka, opts.inject_bad)
-        stats = await replay(tape, kafka, speed=opts.speed)
+        stats = await replay(tape, kafka, speed=opts.speed, bundle_ms=opts.bundle_ms)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(collector.done.wait(), opts.timeout_s)
     finally:

@@ -26,6 +26,10 @@ BAD_TICKS: tuple[tuple[bytes, str], ...] = (
     (orjson.dumps({"symbol": "ACME", "ts_ns": TS_NS, "bid_px": 10.5, "bid_sz": 1, "ask_px": 10.0, "ask_sz": 1}),
      "crossed_quote"),
     (orjson.dumps({"ts_ns": TS_NS, "price": 1.0, "size": 1.0}), "missing_field"),
+    (orjson.dumps({"kind": "bundle", "symbol": "ACME", "ticks": [{"ts_ns": TS_NS, "price": -1.0, "size": 1.0}]}),
+     "non_positive_price"),
+    (orjson.dumps({"kind": "bundle", "symbol": "ACME", "ticks": [{"symbol": "BOLT", "ts_ns": TS_NS, "price": 1.0,
+                                                                  "size": 1.0}]}), "bundle_symbol_mismatch"),
 )
 BAD_NEWS: tuple[tuple[bytes, str], ...] = (
     (_news(symbols=[]), "bad_symbols"),

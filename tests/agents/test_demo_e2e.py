@@ -14,7 +14,7 @@ from streams.synth import write_synth_tape
 from streams.tape import Tape
 
 pytestmark = pytest.mark.integration
-BAD = 13
+BAD = 15
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def demo_run(tmp_path_factory, kafka_bootstrap, redis_url):
     write_synth_tape(tape_dir, 3, 12, seed=11)
     out = tmp_path_factory.mktemp("demo")
     opts = DemoOptions(out, tape_dir, speed=None, partitions=3, bootstrap=kafka_bootstrap, redis_url=redis_url,
-                       engine="hf", timeout_s=180, inject_bad=BAD)
+                       engine="hf", timeout_s=180, inject_bad=BAD, bundle_ms=500)
     return Tape.read(tape_dir), out, run_demo(opts)
 
 
