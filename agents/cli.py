@@ -19,7 +19,8 @@ from streams.synth import sample_tape_path
 @click.option("--partitions", default=4, show_default=True)
 @click.option("--bootstrap", envvar="FINLLM_KAFKA_BOOTSTRAP", help="Use this Kafka instead of the embedded broker.")
 @click.option("--redis", "redis_url", envvar="FINLLM_REDIS_URL", help="Use this Redis instead of the embedded one.")
-@click.option("--engine", type=click.Choice(["hf", "paged"]), default="hf", show_default=True)
+@click.option("--engine", type=click.Choice(["paged", "hf"]), default="paged", show_default=True,
+              help="paged: our multi-LoRA engine; hf: transformers + PEFT.")
 @click.option("--model", type=click.Path(exists=True, file_okay=False), envvar="FINLLM_MODEL",
               help="Local Hugging Face checkpoint folder (default: the embedded tiny model).")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for forecasts.")

@@ -40,7 +40,7 @@ class DemoOptions:
     partitions: int = 4
     bootstrap: str | None = None        # None: start the embedded broker
     redis_url: str | None = None        # None: start the embedded Redis
-    engine: str = "hf"
+    engine: str = "paged"
     model: str | None = None
     timeout_s: float = 600.0            # for all forecasts to arrive after the replay
     inject_bad: int = 0                 # malformed records sent before the tape, to show they are contained
