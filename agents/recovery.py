@@ -110,15 +110,15 @@ def pending_from_ns(state: Any) -> int | None:
 class CheckpointStore:
     """One Redis hash per app: partition -> Checkpoint."""
 
-    def __init__(self, client: Any, key: str) -> None:
-        self.client, self.key = client, key
+    def __init__(self, client: Any, key: str, errors: Any = None) -> None:
+        self.client, self.key, self.errors = client, key, errors     # errors: a counter (metrics) or None
         self.failing = False
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, app_id: str) -> CheckpointStore:
+    def from_url(cls, url: str, prefix: str, app_id: str, errors: Any = None) -> CheckpointStore:
         import redis.asyncio as aioredis
         client = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        return cls(client, f"{prefix}finllm:agents:{app_id}:checkpoint")
+        return cls(client, f"{prefix}finllm:agents:{app_id}:checkpoint", errors)
 
     async def save(self, checkpoints: dict[int, Checkpoint]) -> None:
         if not checkpoints:
@@ -138,6 +138,8 @@ class CheckpointStore:
         return None if raw is None else Checkpoint.decode(raw)
 
     def _failed(self, error: Exception) -> None:
+        if self.errors is not None:
+            self.errors.inc()
         if not self.failing:
             log.warning("agent checkpoints unavailable (Redis: %s): a crash now cannot rebuild state", error)
         self.failing = True

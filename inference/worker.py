@@ -189,6 +189,7 @@ class InferenceWorker:
             for forecast in forecasts:
                 await self.latest.store(forecast)
         except Exception as error:  # Redis down: forecasts still flow; the latest view catches up later
+            self.metrics.redis_errors.labels("latest").inc()
             log.warning("could not store latest forecasts in Redis: %s", error)
 
 

@@ -70,6 +70,8 @@ class ConsumerMetrics(ProcessMetrics):
             ["group", "topic", "partition"], registry=self.registry)
         self.deadletters = Counter("finllm_deadletters", "Records sent to the dead-letter topic, by stage and reason.",
                                    ["stage", "reason"], registry=self.registry)
+        self.redis_errors = Counter("finllm_redis_errors", "Redis calls that failed while the worker ran on without "
+                                    "them, by use (latest, checkpoint).", ["use"], registry=self.registry)
 
     def observe_lag(self, lags: Iterable[Any]) -> None:
         for lag in lags:

@@ -158,7 +158,8 @@ class Pipeline:
         self.workdir = workdir
         self.env = dict(os.environ, **self.kafka.env(), FINLLM_REDIS_URL=services.redis_url, FINLLM_ENGINE="hf",
                         FINLLM_AGENTS_APP_ID=f"agents-{run_id}", FINLLM_INFERENCE_GROUP=f"inference-{run_id}",
-                        FINLLM_DEADLINE_MS="600000", FINLLM_METRICS_PORT="0", **env)
+                        FINLLM_DEADLINE_MS="600000", FINLLM_METRICS_PORT="0")
+        self.env.update(env)
         self.workers: dict[str, WorkerProcess] = {}
 
     async def create_topics(self) -> None:
