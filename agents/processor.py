@@ -237,7 +237,9 @@ class Processor:
 
     def request(self, fired: Fired, created_wall_ns: int) -> InferenceRequest:
         cfg = self.cfg
-        prompt = self.states[fired.symbol]._prefix(fired.news) + numeric_tail(
+        state = self.states.get(fired.symbol)
+        prefix = state._prefix(fired.news) if state else news_block(fired.symbol, fired.news)
+        prompt = prefix + numeric_tail(
             fired.ts_ns, fired.features, fired.news, cfg.news_half_life_s, cfg.horizon_s)
         return InferenceRequest(
             id=fired.id, symbol=fired.symbol, ts_ns=fired.ts_ns, horizon_s=cfg.horizon_s, trigger=fired.trigger,
