@@ -6,6 +6,7 @@ or raises `SchemaError` with a stable reason code.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from schemas.errors import SchemaError
@@ -104,6 +105,17 @@ def identifier(obj: dict[str, Any], name: str, max_chars: int = MAX_ID_CHARS) ->
     value = text(obj, name, max_chars)
     if not value or value != value.strip():
         raise SchemaError("bad_identifier", f"{name} must be non-empty without surrounding spaces")
+    return value
+
+
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def adapter_name(obj: dict[str, Any], name: str = "adapter") -> str:
+    """A LoRA adapter's registered name: letters, digits, '_', '.', '-', never a path ('/', '..')."""
+    value = identifier(obj, name)
+    if not ADAPTER_NAME.fullmatch(value) or ".." in value:
+        raise SchemaError("bad_adapter", f"{name} {value[:80]!r} is not an adapter name")
     return value
 
 

@@ -171,7 +171,7 @@ def _direction(obj: dict[str, Any]) -> str:
 
 
 def _adapter(obj: dict[str, Any]) -> str | None:
-    return None if obj.get("adapter") is None else f.identifier(obj, "adapter")
+    return None if obj.get("adapter") is None else f.adapter_name(obj)
 
 
 def _ids(obj: dict[str, Any], name: str) -> tuple[str, ...]:
