@@ -7,6 +7,7 @@ scorer answers an unregistered name with no LLM score instead of loading anythin
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 
@@ -65,8 +66,11 @@ def test_kafka_takes_tls_and_sasl_and_hides_the_password():
     assert isinstance(kwargs["ssl_context"], ssl.SSLContext) and kwargs["security_protocol"] == "SASL_SSL"
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512" and kwargs["sasl_plain_password"] == SECRET
     assert SECRET not in repr(settings) and SECRET not in str(settings)
-    producer = make_producer(settings)       # aiokafka accepts them (no connection is made here)
-    assert producer.client._security_protocol == "SASL_SSL"
+
+    async def build():                       # aiokafka accepts them (no connection is made here)
+        return make_producer(settings).client._security_protocol
+
+    assert asyncio.run(build()) == "SASL_SSL"
 
 
 def test_redis_takes_tls_and_a_password_and_logs_no_url(caplog):
