@@ -1,0 +1,112 @@
+"""`finllm eval`: forecast quality on the held-out last part of a tape, with 95% intervals and plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import orjson
+
+from agents.config import AgentsConfig
+from agents.evaluate import BASELINES, FORECASTS, EvalOptions, evaluate_tape, write_plots
+from agents.examples import with_adapters
+
+
+@click.command(name="eval")
+@click.option("--tape", "tape_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval-out"), show_default=True)
+@click.option("--adapters", "adapters_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with routing.json and the adapters it names (default: the shipped adapters).")
+@click.option("--no-adapters", is_flag=True, help="Score with the bare base model.")
+@click.option("--engine", type=click.Choice(["hf", "paged"]), default="hf", show_default=True)
+@click.option("--model", envvar="FINLLM_MODEL", help="Base model folder (default: the embedded tiny model).")
+@click.option("--test-fraction", default=0.3, show_default=True, help="Last share of the tape evaluated.")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--no-plots", is_flag=True)
+def eval_cmd(tape_dir: Path, out_dir: Path, adapters_dir: Path | None, no_adapters: bool, engine: str,
+             model: str | None, test_fraction: float, n_boot: int, seed: int, threads: int | None,
+             no_plots: bool) -> None:
+    """Replay the evaluation part of TAPE through the pipeline's computation and score the forecasts.
+
+    This runs offline, without Kafka: the agents' offline processor builds the same requests a
+    replay would (prompts, numeric forecasts, adapter routing), a Scorer (as in the inference
+    worker) scores them and `inference.fusion.fuse` fuses them, which is the pipeline's
+    computation without the broker. Reports accuracy, MCC, Brier, log-loss and calibration error
+    of the numeric, language-model and fused forecasts and of baselines (majority class, momentum
+    sign, random walk), each with a 95% cluster-bootstrap interval, and a latency-adjusted hit
+    rate; writes OUT/eval.json, OUT/forecasts.parquet and PNG plots.
+    """
+    from inference.fusion import FusionWeights
+    from streams.tape import Tape
+
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir, cfg, adapter_paths = _setup(model, None if no_adapters else adapters_dir, no_adapters)
+    scorer = _scorer(engine, model_dir, adapter_paths)
+    tape = Tape.read(tape_dir)
+    opts = EvalOptions(test_fraction=test_fraction, n_boot=n_boot, seed=seed, weights=FusionWeights.from_env())
+    try:
+        evaluation = evaluate_tape(tape, cfg, scorer, opts)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        scorer.close()
+    report = evaluation.report | {"tape": str(tape_dir), "engine": engine, "adapters": sorted(adapter_paths)}
+    (out_dir / "eval.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    evaluation.frame.write_parquet(out_dir / "forecasts.parquet")
+    plots = [] if no_plots else write_plots(evaluation, tape, out_dir)
+    click.echo(summary(report) + f"\nwrote {out_dir / 'eval.json'} and {len(plots)} plots")
+
+
+def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> tuple[Path, AgentsConfig, dict]:
+    """(model folder, agents config routing symbols to adapters, adapter name -> folder)."""
+    from inference.adapters.shipped import load_routing
+    from inference.models import resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    cfg = AgentsConfig.from_env()
+    if no_adapters:
+        return model_dir, with_adapters(cfg, {}, None), {}
+    routing = load_routing(adapters_dir) if adapters_dir else load_routing()
+    _check_base(model_dir, routing.adapters)
+    return model_dir, with_adapters(cfg, routing.routes, routing.default), {n: str(p) for n, p in routing.adapters.items()}
+
+
+def _check_base(model_dir: Path, adapters: dict) -> None:
+    from inference.adapters.train import read_card
+    from inference.modelbuild import model_fingerprint
+
+    served = model_fingerprint(model_dir)
+    wrong = {name: read_card(path).get("base_model_hash") for name, path in adapters.items()}
+    wrong = {name: base for name, base in wrong.items() if base and base != served}
+    if wrong:
+        raise click.ClickException(f"adapters trained on another base model than {model_dir} ({served}): {wrong}")
+
+
+def _scorer(engine: str, model_dir: Path, adapters: dict):
+    if engine == "paged":
+        from inference.engine.scorer import EngineScorer
+        return EngineScorer(str(model_dir), adapters=adapters)
+    from inference.hf_scorer import HFScorer
+    return HFScorer(str(model_dir), adapters=adapters)
+
+
+def summary(report: dict) -> str:
+    lines = [f"{report['n']} forecasts evaluated (after {report['train_forecasts']} for the baselines' fit)",
+             f"{'forecast':<14} {'accuracy':>8} {'mcc':>7} {'mcc 95% CI':>17} {'brier':>6} {'logloss':>7} {'ece':>6}"]
+    rows = [(name, report[name]) for name in FORECASTS] + [(n, report["baselines"][n]) for n in BASELINES]
+    for name, m in rows:
+        low, high = m["mcc_ci"]
+        lines.append(f"{name:<14} {m['accuracy']:8.3f} {m['mcc']:7.3f} [{low:7.3f},{high:7.3f}] "
+                     f"{m['brier']:6.3f} {m['logloss']:7.3f} {m['ece']:6.3f}")
+    diff = report["fused_vs_numeric_mcc"]
+    lines.append(f"fused - numeric MCC {diff['difference']:+.3f} (paired 95% CI {diff['ci'][0]:+.3f}, "
+                 f"{diff['ci'][1]:+.3f}); beats by more than the widest interval ({diff['widest_interval']:.3f}): "
+                 f"{diff['beats_by_more_than_interval']}")
+    hits = report["latency_adjusted_hit_rate"]
+    lines.append("latency-adjusted hit rate: " + ", ".join(f"{n} {hits[n]['hit_rate']:.3f}" for n in FORECASTS
+                                                           if hits[n]["hit_rate"] is not None))
+    return "\n".join(lines)

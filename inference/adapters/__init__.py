@@ -1,0 +1,1 @@
+"""LoRA adapters for the direction labels: training (`train`) and the Redis registry (`registry`)."""
