@@ -31,6 +31,10 @@ class SerializedScorer:
         self.model_name = scorer.model_name
         self.lock = threading.Lock()
 
+    def __getattr__(self, name: str):
+        """Everything else (metrics, prefix_caching, ...) is the wrapped scorer's."""
+        return getattr(self.inner, name)
+
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         with self.lock:
             return self.inner.score(items)

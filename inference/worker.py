@@ -18,6 +18,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from inference.fusion import FusionPolicy, fuse
+from inference.registry_watch import start_registry_watch
 from inference.scoring import ScoreItem, ScoreResult, Scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
 from streams.health import mark_ready
@@ -102,6 +103,8 @@ class InferenceWorker:
 
     async def run(self) -> None:
         topics = self.kafka.topics
+        self.scorer, stop_registry_watch = start_registry_watch(self.scorer, self.latest, topics.prefix,
+                                                                self.cfg.model_dir)  # adapter hot-load
         consumer = AIOKafkaConsumer(
             topics.requests, **self.kafka.client_kwargs(), group_id=self.cfg.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.cfg.max_batch,
@@ -120,6 +123,7 @@ class InferenceWorker:
                     await self._handle(records, producer)
                     await consumer.commit()
         finally:
+            stop_registry_watch()
             await consumer.stop()
             await producer.stop()
             if self.latest:
