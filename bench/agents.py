@@ -4,9 +4,9 @@
 
 1. `pure`: the agents' per-tick work in one process, no Kafka: decode tick bundles (validation),
    apply each tick to its symbol's window and trigger clock (`agents.processor.Processor`).
-2. `pipeline`: the real thing: embedded broker, the agents worker process, a replay of the same
-   tape as fast as possible in tick bundles; ticks/s = ticks / time until the last trigger's
-   inference request is out (the agents have consumed every tick by then).
+2. `pipeline`: the real thing: embedded broker, the same tape replayed into it in tick bundles,
+   then the agents worker process started on that backlog; ticks/s = ticks / time from the worker
+   being ready until the last trigger's inference request is out (every tick consumed by then).
 3. `buffering`: trigger-to-forecast latency (a forecast's `latency.total_ms`: from the moment its
    trigger's ticks were complete to its publication) over the whole pipeline on the same tape, with
    and without predictive buffering (FINLLM_WARMUP), served by our paged engine with a model big
@@ -81,14 +81,14 @@ async def bench_pipeline(tape, workdir: Path) -> dict:
     with EmbeddedStack.start(workdir) as stack:
         kafka = KafkaSettings(stack.bootstrap, Topics("", 4))
         await ensure_topics(kafka.bootstrap, kafka.topics.all())
+        stats = await replay(tape, kafka, bundle_ms=BUNDLE_MS, progress=False)   # the backlog, first
+        consumer = AIOKafkaConsumer(kafka.topics.requests, bootstrap_servers=kafka.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=20)
+        await consumer.start()
         agents = WorkerProcess("agents", "agents.worker", dict(os.environ, **kafka.env()), workdir)
         try:
             await asyncio.to_thread(agents.wait_ready, 120)
-            consumer = AIOKafkaConsumer(kafka.topics.requests, bootstrap_servers=kafka.bootstrap, group_id=None,
-                                        auto_offset_reset="earliest", fetch_max_wait_ms=20)
-            await consumer.start()
-            started = time.monotonic()
-            stats = await replay(tape, kafka, bundle_ms=BUNDLE_MS, progress=False)
+            started = time.monotonic()   # the worker drains the backlog from here on
             seen, last = 0, started
             while seen < expected and time.monotonic() - started < 600:
                 batch = await consumer.getmany(timeout_ms=200)
