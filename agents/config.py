@@ -23,7 +23,7 @@ class AgentsConfig:
     tick_lateness_ms: int = 0        # ticks may arrive this much out of order; triggers wait as long
     warmup: bool = True              # on news, ask the inference worker to prefill the new news block
     news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
-    news_idle_ms: int = 10_000       # watermarks absent this long (wall) count as a feed without them
+    news_idle_ms: int = 30_000       # watermarks absent this long (wall) count as a feed without them
     adapters: dict[str, str] = field(default_factory=dict)  # symbol -> LoRA adapter name
     default_adapter: str | None = None
 
