@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import orjson
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -115,7 +116,8 @@ def bench_buffering(workdir: Path, quick: bool) -> dict:
     model = build_model(workdir / "model", default_corpus(), **LATENCY_MODEL)
     write_synth_tape(workdir / "tape", 3, 8 if quick else 20, seed=4)
     figures = {}
-    for label, warmup in (("buffered", "1"), ("unbuffered", "0")):
+    runs = (("buffered", "1"), ("unbuffered", "0"))
+    for label, warmup in tqdm(runs, desc="pipeline runs", unit="run", disable=not sys.stderr.isatty()):
         os.environ["FINLLM_WARMUP"] = warmup
         report = run_demo(DemoOptions(workdir / label, workdir / "tape", speed=20.0, partitions=2,
                                       engine="paged", model=str(model), timeout_s=300))

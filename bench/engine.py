@@ -21,6 +21,7 @@ from pathlib import Path
 import sys
 
 import torch
+from tqdm import tqdm
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -258,10 +259,10 @@ def main() -> None:
                                      intermediate_size=512, vocab_size=args.vocab)
         adapter_paths = make_adapters(model_dir, root / "adapters", 100, seed=0)
         rows = []
-        for n in (1, 10, 100):
-            for alpha in alphas:
-                rows.append(bench_one(model_dir, adapter_paths, n, alpha, args))
-                print_row(rows[-1])
+        cases = [(n, alpha) for n in (1, 10, 100) for alpha in alphas]
+        for n, alpha in tqdm(cases, desc="workloads", unit="case", disable=not sys.stderr.isatty()):
+            rows.append(bench_one(model_dir, adapter_paths, n, alpha, args))
+            print_row(rows[-1])
     headline = [r for r in rows if r["alpha"] == 1.0]
     print(json.dumps({
         "adapters": [r["adapters"] for r in headline],
