@@ -1,0 +1,166 @@
+"""The adapter registry in a real Redis, and hot-loading into a running scorer (load, refuse, unload)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from inference.adapters.registry import AdapterRegistry, RegistryError, record_from_folder
+from inference.adapters.train import TrainConfig, base_card, train_adapter, write_card
+from inference.engine.scorer import EngineScorer
+from inference.modelbuild import model_fingerprint
+from inference.registry_watch import RegistryWatch, SerializedScorer, start_registry_watch
+from inference.scoring import ScoreItem
+from streams.cli import cli
+from streams.latest import LatestStore
+
+PROMPT = "News: shares rally.\nDirection (up, down or flat):"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A trained adapter with a card naming the tiny model's hash."""
+    out = tmp_path_factory.mktemp("registry") / "toy"
+    _, stats = train_adapter(tiny_model_dir, [PROMPT, PROMPT + " x"], ["up", "down"], out,
+                             TrainConfig(rank=4, max_steps=2, learning_rate=1e-2))
+    write_card(out, base_card(tiny_model_dir, TrainConfig(rank=4), stats) | {"task": "direction"})
+    return out
+
+
+@pytest.fixture
+def foreign_dir(adapter_dir, tmp_path):
+    """The same weights, but a card that claims another base model."""
+    out = tmp_path / "foreign"
+    shutil.copytree(adapter_dir, out)
+    card = json.loads((out / "card.json").read_text())
+    (out / "card.json").write_text(json.dumps(card | {"base_model_hash": "0000000000000000"}))
+    return out
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_register_bumps_versions_list_and_remove(redis_url, topic_prefix, adapter_dir):
+    async def scenario():
+        registry = AdapterRegistry.from_url(redis_url, topic_prefix)
+        try:
+            record = record_from_folder("toy", adapter_dir)
+            first, second = await registry.register(record), await registry.register(record)
+            listed = await registry.records()
+            removed, again = await registry.remove("toy"), await registry.remove("toy")
+            third = await registry.register(record)
+            return first, second, listed, removed, again, third
+        finally:
+            await registry.close()
+
+    first, second, listed, removed, again, third = run(scenario())
+    assert (first.version, second.version, third.version) == (1, 2, 3)   # versions are never reused
+    assert listed == {"toy": second} and second.rank == 4 and second.task == "direction"
+    assert removed and not again
+
+
+def test_folders_without_a_card_need_a_base_hash(adapter_dir, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(adapter_dir, bare)
+    (bare / "card.json").unlink()
+    with pytest.raises(RegistryError, match="base_model_hash"):
+        record_from_folder("bare", bare)
+    assert record_from_folder("bare", bare, "abc").base_model_hash == "abc"
+    with pytest.raises(RegistryError, match="not a PEFT"):
+        record_from_folder("none", tmp_path)
+
+
+def test_watch_loads_refuses_replaces_and_unloads(redis_url, topic_prefix, tiny_model_dir, adapter_dir,
+                                                  foreign_dir, caplog):
+    scorer = SerializedScorer(EngineScorer(str(tiny_model_dir)))
+
+    async def scenario():
+        registry = AdapterRegistry.from_url(redis_url, topic_prefix)
+        watch = RegistryWatch(registry, scorer, lambda: model_fingerprint(tiny_model_dir))
+        watch.model_hash = model_fingerprint(tiny_model_dir)
+        try:
+            await registry.register(record_from_folder("toy", adapter_dir))
+            await registry.register(record_from_folder("alien", foreign_dir))
+            await watch.sync()
+            loaded = set(scorer.inner.engine.registry.names)
+            statuses = await registry.statuses()
+            await registry.register(record_from_folder("toy", adapter_dir))
+            await watch.sync()
+            replaced = scorer.inner.engine.registry.get("toy").version
+            await registry.remove("toy")
+            await watch.sync()
+            return loaded, statuses, replaced, set(scorer.inner.engine.registry.names), await registry.statuses()
+        finally:
+            await registry.close()
+
+    with caplog.at_level(logging.ERROR, logger="finllm.inference.registry"):
+        loaded, statuses, replaced, after, final = run(scenario())
+    assert loaded == {"toy"}
+    assert statuses["toy"].state == "loaded" and statuses["alien"].state == "refused"
+    assert "0000000000000000" in statuses["alien"].detail and "not loaded" in caplog.text
+    assert replaced == 2                       # the new version replaced the old one in the engine
+    assert after == set() and final["toy"].state == "removed"
+    assert scorer.score([ScoreItem("r", PROMPT)])[0].probs is not None
+
+
+def test_a_running_worker_task_picks_up_a_new_adapter(redis_url, topic_prefix, tiny_model_dir, adapter_dir):
+    async def scenario():
+        latest = LatestStore.from_url(redis_url, topic_prefix)
+        scorer, stop = start_registry_watch(EngineScorer(str(tiny_model_dir)), latest, topic_prefix,
+                                            str(tiny_model_dir))
+        registry = AdapterRegistry.from_url(redis_url, topic_prefix)
+        try:
+            await registry.register(record_from_folder("hot", adapter_dir))
+            for _ in range(50):
+                if "hot" in scorer.inner.engine.registry:
+                    break
+                await asyncio.sleep(0.1)
+            return await asyncio.to_thread(scorer.score, [ScoreItem("r", PROMPT, "hot")])
+        finally:
+            stop()
+            await registry.close()
+            await latest.close()
+
+    results = run(scenario())
+    assert results[0].probs is not None and not results[0].expired
+
+
+def test_transformers_scorer_hot_loads_but_cannot_unload(redis_url, topic_prefix, tiny_model_dir, adapter_dir):
+    from inference.hf_scorer import HFScorer
+
+    scorer = SerializedScorer(HFScorer(str(tiny_model_dir)))
+
+    async def scenario():
+        registry = AdapterRegistry.from_url(redis_url, topic_prefix)
+        watch = RegistryWatch(registry, scorer, lambda: model_fingerprint(tiny_model_dir))
+        watch.model_hash = model_fingerprint(tiny_model_dir)
+        try:
+            await registry.register(record_from_folder("toy", adapter_dir))
+            await watch.sync()
+            loaded = scorer.adapter_names
+            await registry.remove("toy")
+            await watch.sync()
+            return loaded, scorer.adapter_names
+        finally:
+            await registry.close()
+
+    loaded, after = run(scenario())
+    assert loaded == after == frozenset({"toy"})   # HFScorer has no remove_adapter: kept, error logged
+
+
+def test_cli_register_list_remove(redis_url, topic_prefix, adapter_dir):
+    env = {"FINLLM_REDIS_URL": redis_url, "FINLLM_TOPIC_PREFIX": topic_prefix}
+    runner = CliRunner()
+    registered = runner.invoke(cli, ["adapters", "register", "toy", str(adapter_dir)], env=env)
+    assert registered.exit_code == 0, registered.output
+    assert json.loads(registered.output)["version"] == 1
+    listed = [json.loads(line) for line in runner.invoke(cli, ["adapters", "list"], env=env).output.splitlines()]
+    assert [(e["name"], e["rank"], e["status"]) for e in listed] == [("toy", 4, None)]
+    assert runner.invoke(cli, ["adapters", "remove", "toy"], env=env).exit_code == 0
+    missing = runner.invoke(cli, ["adapters", "remove", "toy"], env=env)
+    assert missing.exit_code != 0 and "no adapter" in missing.output
