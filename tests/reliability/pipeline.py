@@ -109,8 +109,12 @@ class Collector:
 
     async def run(self) -> None:
         topics = self.kafka.topics
+        # A group member, as a real reader (streams.consumer.iter_forecasts): after a broker that lost its
+        # state comes back, the group is joined again and reads the new log from its start. (A reader
+        # without a group would keep its positions from the lost log and skip the new records below them.)
         consumer = AIOKafkaConsumer(topics.forecasts, topics.deadletter, **self.kafka.client_kwargs(),
-                                    group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+                                    group_id=f"{topics.prefix}collector", auto_offset_reset="earliest",
+                                    enable_auto_commit=True, session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
         await consumer.start()
         self.started.set()
         try:
