@@ -31,6 +31,7 @@ SECTORS: dict[str, tuple[str, ...]] = {
                  "ROVR", "DART", "YETI", "FORT"),
 }
 DEFAULT_TRAIN_TAPE = {"symbols": 20, "minutes": 240, "seed": 11}
+ROUTED_TASK = "sentiment"
 
 
 @click.group()
@@ -162,8 +163,10 @@ def build_defaults(out: Path | None, threads: int) -> None:
                          split.split_ts_ns)
             made[f"{task}-{sector}"] = _build(model_dir, part, out / f"{task}-{sector}", then, task, tape_name,
                                              str(made[f"{task}-all"]))
-    routes = {s: f"direction-{sector}" for sector, symbols in SECTORS.items() for s in symbols}
-    write_routing(out, Routing(made, routes, "direction-all", SECTORS, "direction"))
+    # The pipeline routes to the sentiment adapters: on the synthetic tapes they carry the news signal
+    # (the direction fine-tunes come out calibrated but close to uniform; see bench/RESULTS.md).
+    routes = {s: f"{ROUTED_TASK}-{sector}" for sector, symbols in SECTORS.items() for s in symbols}
+    write_routing(out, Routing(made, routes, f"{ROUTED_TASK}-all", SECTORS, ROUTED_TASK))
     click.echo(f"{len(made)} adapters and routing.json in {out}")
 
 

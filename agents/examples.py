@@ -51,11 +51,16 @@ def build_examples(tape: Tape, cfg: AgentsConfig, task: str = "direction") -> li
     """Labelled examples in event-time order; requests whose label is unknown are left out."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    requests = sorted(requests_from_tape(tape, cfg), key=lambda r: (r.ts_ns, r.symbol, r.id))
+    return label_requests(tape, requests_from_tape(tape, cfg), cfg, task)
+
+
+def label_requests(tape: Tape, requests: Sequence[InferenceRequest], cfg: AgentsConfig, task: str) -> list[Example]:
+    """`requests` of `tape` as labelled examples in event-time order (build requests once for several tasks)."""
+    ordered = sorted(requests, key=lambda r: (r.ts_ns, r.symbol, r.id))
     if task == "sentiment":
-        requests = [r for r in requests if r.trigger == "news"]
-    labels = direction_labels(tape, requests, cfg) if task == "direction" else sentiment_labels(tape, requests)
-    return [Example(r, label) for r, label in zip(requests, labels) if label is not None]
+        ordered = [r for r in ordered if r.trigger == "news"]
+    labels = direction_labels(tape, ordered, cfg) if task == "direction" else sentiment_labels(tape, ordered)
+    return [Example(r, label) for r, label in zip(ordered, labels) if label is not None]
 
 
 def direction_labels(tape: Tape, requests: Sequence[InferenceRequest], cfg: AgentsConfig) -> list[str | None]:
