@@ -91,6 +91,29 @@ def _probs(result: ScoreResult | None) -> Probs | None:
     return None if result is None or result.probs is None else Probs.normalised(*result.probs)
 
 
+class DeadlineGate:
+    """The cost of scoring one request (a moving average) and which requests can still make their deadline."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.smoothing = smoothing
+        self.ms_per_request: float | None = None
+
+    def split(self, requests: list[InferenceRequest], now_ns: int) -> tuple[list, list]:
+        """(live, late): earliest deadlines first, each must finish by its deadline after those before it."""
+        cost_ns = int((self.ms_per_request or 0.0) * 1e6)
+        live, late = [], []
+        for request in sorted(requests, key=lambda r: r.deadline_wall_ns):
+            fits = now_ns + cost_ns * (len(live) + 1) <= request.deadline_wall_ns
+            (live if fits else late).append(request)
+        return live, late
+
+    def observe(self, computed: int, elapsed_ms: float) -> None:
+        if computed:
+            sample = elapsed_ms / computed
+            previous = self.ms_per_request
+            self.ms_per_request = sample if previous is None else previous + self.smoothing * (sample - previous)
+
+
 class InferenceWorker:
     def __init__(self, kafka: KafkaSettings, redis_url: str | None, scorer: Scorer, cfg: WorkerConfig,
                  policy: FusionPolicy) -> None:
@@ -100,6 +123,7 @@ class InferenceWorker:
         self.forecasts_published = 0
         self.warmups = 0
         self.metrics = InferenceMetrics()
+        self.deadlines = DeadlineGate()
 
     async def run(self) -> None:
         topics = self.kafka.topics
@@ -141,7 +165,7 @@ class InferenceWorker:
                 await self.deadletters.send(source_topic=record.topic, error=error, key=record.key,
                                             value=record.value, partition=record.partition, offset=record.offset)
         requests = await self._warm_up(requests)
-        results, inference_ms = await self._score(requests)
+        results, inference_ms = await self._score_in_time(requests)
         deep, deep_ms = await self._deep_path(requests, results)
         self.metrics.latency_s.observe((inference_ms + deep_ms) / 1e3)
         self.metrics.engine.observe(self.scorer)
@@ -164,6 +188,16 @@ class InferenceWorker:
             await self._score(warm)
             self.warmups += len(warm)
         return [r for r in requests if r.kind != "warmup"]
+
+    async def _score_in_time(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
+        """Requests that would finish past their deadline (at the measured cost per request) are answered
+        as expired before spending model time on them: under overload the worker sheds the excess instead
+        of computing answers that expire on the way out."""
+        live, late = self.deadlines.split(requests, time.time_ns())
+        scored, inference_ms = await self._score(live)
+        self.deadlines.observe(len(live), inference_ms)
+        by_id = {r.id: res for r, res in zip(live, scored)} | {r.id: ScoreResult(r.id, None, expired=True) for r in late}
+        return [by_id[r.id] for r in requests], inference_ms
 
     async def _deep_path(self, requests: list[InferenceRequest],
                          results: list[ScoreResult | None]) -> tuple[dict[str, ScoreResult], float]:
