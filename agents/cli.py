@@ -27,12 +27,14 @@ from streams.synth import sample_tape_path
 @click.option("--inject-bad", default=0, show_default=True, help="Send this many malformed records first.")
 @click.option("--agents-workers", default=1, show_default=True, help="Agents worker processes (split by partition).")
 @click.option("--bundle-ms", default=0, show_default=True, help="Replay ticks in per-symbol bundles of this span.")
+@click.option("--adapters/--no-adapters", default=True, show_default=True,
+              help="Serve the shipped LoRA adapters (one per sector; default model only).")
 def demo(out_dir: Path, tape: Path | None, speed: float, as_fast: bool, partitions: int, bootstrap: str | None,
          redis_url: str | None, engine: str, model: str | None, timeout_s: float, inject_bad: int,
-         agents_workers: int, bundle_ms: int) -> None:
+         agents_workers: int, bundle_ms: int, adapters: bool) -> None:
     """Replay a tape through the whole pipeline and report forecasts, latency and accuracy."""
     opts = DemoOptions(out_dir, tape or sample_tape_path(), None if as_fast else speed, partitions, bootstrap, redis_url, engine,
-                       model, timeout_s, inject_bad, agents_workers, bundle_ms)
+                       model, timeout_s, inject_bad, agents_workers, bundle_ms, adapters)
     report = run_demo(opts)
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     click.echo(summary(report))

@@ -18,6 +18,7 @@ from typing import Iterator
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.report import build_report, forecasts_frame
+from inference.adapters.shipped import load_routing
 from schemas import Forecast, SchemaError, decode_deadletter, decode_forecast
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
@@ -46,6 +47,7 @@ class DemoOptions:
     inject_bad: int = 0                 # malformed records sent before the tape, to show they are contained
     agents_workers: int = 1             # Faust workers in one group: they split the symbols by partition
     bundle_ms: int = 0                  # replay ticks in per-symbol bundles of this event-time span
+    adapters: bool = True               # serve the shipped LoRA adapters (default model only), by sector
 
 
 @contextlib.contextmanager
@@ -86,6 +88,8 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
                FINLLM_AGENTS_APP_ID=f"finllm-agents-{run_id}", FINLLM_INFERENCE_GROUP=f"finllm-inference-{run_id}")
     if opts.model:
         env["FINLLM_MODEL"] = opts.model
+    elif opts.adapters:   # trained for the default model: each symbol's requests name its sector's adapter
+        env.update(load_routing().env())
     started = time.monotonic()
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]

@@ -76,7 +76,7 @@ class TickWindow:
             last_price=last,
             ret_short=math.log(last / _price_at(trades, times, ts_ns - short_ns)),
             ret_long=math.log(last / _price_at(trades, times, ts_ns - long_ns)),
-            vol_per_sqrt_s=_realised_vol(trades[bisect_right(times, ts_ns - long_ns):], long_ns),
+            vol_per_sqrt_s=self._realised_vol(ts_ns, long_ns, trades[bisect_right(times, ts_ns - long_ns):]),
             volume_short=sum(t[2] for t in recent),
             trades_short=len(recent),
             spread_bps=self._spread_bps(ts_ns),
@@ -89,6 +89,12 @@ class TickWindow:
         if start == 0 or end == 0:
             return None
         return math.log(self.trades[end - 1][1] / self.trades[start - 1][1])
+
+    def _realised_vol(self, ts_ns: int, span_ns: int, trades: list[tuple[int, float, float]]) -> float:
+        """From quote mids when there are quotes (trade prices bounce between bid and ask, which
+        inflates their volatility several times at this horizon), else from trades."""
+        mids = [(q[0], 0.5 * (q[1] + q[2]), 0.0) for q in self.quotes if ts_ns - span_ns < q[0] <= ts_ns]
+        return _realised_vol(mids if len(mids) >= 3 else trades, span_ns)
 
     def _spread_bps(self, ts_ns: int) -> float | None:
         quote = next((q for q in reversed(self.quotes) if q[0] <= ts_ns), None)
