@@ -80,3 +80,30 @@ def test_redis_takes_tls_and_a_password_and_logs_no_url(caplog):
     assert kwargs["password"] == SECRET and store.client.connection_pool.connection_class.__name__ == "SSLConnection"
     assert SECRET not in caplog.text and SECRET not in repr(store.client)
 
+
+
+def test_the_longest_prompt_the_agents_can_build_is_scored_not_refused():
+    """Prompts are bounded by construction (max_news_in_prompt headlines of MAX_HEADLINE_CHARS after
+    sanitising); the worst case (CJK text, about 3 tokens a character) still fits the model."""
+    import random
+
+    from agents.config import AgentsConfig
+    from agents.features import Features
+    from agents.prompt import build_prompt
+    from inference.engine.scorer import EngineScorer
+    from inference.models import resolve_model_dir
+    from inference.scoring import ScoreItem
+    from schemas import NewsItem
+
+    rng = random.Random(1)
+    text = "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(1000))
+    news = tuple(NewsItem(f"n{i}", 1_767_623_400 * 10**9 + i, "wire", text, ("ACME",))
+                 for i in range(AgentsConfig().max_news_in_prompt))
+    prompt = build_prompt("ACME", 1_767_623_400 * 10**9 + 10, Features(100.0, 0.01, 0.02, 1e-3, 1e6, 100, 2.0),
+                          news, 600, 60)
+    scorer = EngineScorer(str(resolve_model_dir(None)))
+    try:
+        (result,) = scorer.score([ScoreItem("long", prompt)])
+        assert result.probs is not None and scorer.num_rejected == 0
+    finally:
+        scorer.close()
