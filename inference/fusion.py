@@ -25,8 +25,11 @@ FLOOR = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class FusionWeights:
+    """Defaults fitted on a synthetic tape (bench/RESULTS.md, "Forecast quality"): the shipped adapters
+    are overconfident, so the language model's opinion counts half."""
+
     numeric: float = 1.0
-    llm: float = 1.0
+    llm: float = 0.5
 
     def __post_init__(self) -> None:
         if self.numeric < 0 or self.llm < 0 or self.numeric + self.llm == 0:
@@ -35,7 +38,7 @@ class FusionWeights:
     @classmethod
     def from_env(cls) -> FusionWeights:
         return cls(float(os.environ.get("FINLLM_FUSION_W_NUMERIC", 1.0)),
-                   float(os.environ.get("FINLLM_FUSION_W_LLM", 1.0)))
+                   float(os.environ.get("FINLLM_FUSION_W_LLM", 0.5)))
 
 
 @dataclass(frozen=True, slots=True)
