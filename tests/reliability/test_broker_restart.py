@@ -26,7 +26,7 @@ import pytest
 from schemas import decode_forecast
 from streams.replay import replay
 from streams.tape import Tape
-from tests.reliability.pipeline import Collector, Pipeline, Services, projection
+from tests.reliability.pipeline import Collector, Pipeline, Services, same
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 SPEED = 30.0
@@ -126,4 +126,4 @@ def test_every_trigger_after_a_broker_restart_gets_its_forecast(restarted, expec
     after_ids = {i for i, p in expected.items() if p[2] >= newest_before_ns}
     assert after_ids and after_ids <= after.keys(), f"missing: {after_ids - after.keys()}"
     read = list(after.values()) + list(restarted["collector"].by_id.values())
-    assert all(projection(f) == expected[f.id] for f in read)
+    assert all(same(f, expected[f.id]) for f in read)

@@ -16,7 +16,7 @@ import pytest
 
 from streams.replay import replay
 from streams.tape import Tape
-from tests.reliability.pipeline import Collector, Pipeline, Services, projection
+from tests.reliability.pipeline import Collector, Pipeline, Services, same
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 SPEED = 30.0                  # the 12-minute tape replays in 24 s
@@ -74,7 +74,7 @@ def test_crashes_lose_nothing_and_change_nothing(tape, expected, tmp_path):
           + ", ".join(f"{n} ready {r['ready_s']:.1f} s, first forecast {r['first_forecast_s']:.1f} s"
                       for n, r in resume.items()))
     assert set(got) == set(expected), f"missing {set(expected) - set(got)}, unexpected {set(got) - set(expected)}"
-    changed = [f.id for _, f in collector.copies if projection(f) != expected[f.id]]
+    changed = [f.id for _, f in collector.copies if not same(f, expected[f.id])]
     assert not changed, f"{len(changed)} forecast copies differ from the undisturbed run, e.g. {changed[:3]}"
     assert sum(copies.values()) - len(copies) <= len(expected) // 2
     for name, figures in resume.items():

@@ -20,7 +20,7 @@ from streams.latest import LatestStore
 from streams.producer import make_producer
 from streams.replay import replay
 from streams.synth import START_NS
-from tests.reliability.pipeline import Collector, Pipeline, Services, projection
+from tests.reliability.pipeline import Collector, Pipeline, Services, same
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 SPEED = 30.0
@@ -117,7 +117,7 @@ def test_bad_input_and_redis_outage_change_no_forecast(tape, expected, tmp_path)
         services.stop()
     got = collector.by_id
     assert set(got) == set(expected)
-    assert all(projection(f) == expected[f.id] for _, f in collector.copies)
+    assert all(same(f, expected[f.id]) for _, f in collector.copies)
     # one dead letter per bad record, with the record's bytes (a bad tick inside a bundle is sent alone)
     assert len(collector.deadletters) == len(records)
     whole = [(raw, reason) for _, raw, reason in records if b'"bundle"' not in raw]
