@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from inference.adapters.registry import AdapterRecord, AdapterRegistry, AdapterStatus
@@ -56,10 +58,27 @@ class SerializedScorer:
         self.inner.close()
 
 
+def allowed_adapter_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:
+    """Where adapters may be loaded from: FINLLM_ADAPTER_DIRS (comma-separated folders), by default the
+    shipped adapters and `$FINLLM_CACHE_DIR/adapters`. A registered path elsewhere is refused."""
+    env = os.environ if env is None else env
+    if env.get("FINLLM_ADAPTER_DIRS"):
+        return tuple(Path(p).resolve() for p in env["FINLLM_ADAPTER_DIRS"].split(",") if p)
+    cache = Path(env.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm")
+    return (Path(__file__).resolve().parent / "data" / "adapters", (cache / "adapters").resolve())
+
+
+def inside(path: str | Path, roots: tuple[Path, ...]) -> bool:
+    """Whether `path`, with links and `..` resolved, lies in one of `roots`."""
+    real = Path(path).resolve()
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
 class RegistryWatch:
     def __init__(self, registry: AdapterRegistry, scorer: SerializedScorer, model_hash: Callable[[], str],
-                 poll_s: float = POLL_S) -> None:
+                 poll_s: float = POLL_S, allowed_dirs: tuple[Path, ...] | None = None) -> None:
         self.registry, self.scorer, self.poll_s = registry, scorer, poll_s
+        self.allowed_dirs = allowed_adapter_dirs() if allowed_dirs is None else allowed_dirs
         self._model_hash_fn = model_hash
         self.model_hash: str | None = None
         self.loaded: dict[str, int] = {}     # name -> version this watch loaded
@@ -86,6 +105,12 @@ class RegistryWatch:
 
     async def _load(self, record: AdapterRecord) -> None:
         self.settled[record.name] = record.version
+        if not inside(record.path, self.allowed_dirs):
+            detail = (f"adapter {record.name!r} v{record.version} is at {record.path}, outside the adapter "
+                      f"folders this worker may load from ({', '.join(map(str, self.allowed_dirs))}); not loaded")
+            log.error("%s", detail)
+            await self._status(record, "refused", detail)
+            return
         if record.base_model_hash != self.model_hash:
             detail = (f"adapter {record.name!r} v{record.version} was trained on base model "
                       f"{record.base_model_hash}, but this worker serves {self.model_hash}; not loaded")

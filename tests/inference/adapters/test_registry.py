@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +20,12 @@ from streams.cli import cli
 from streams.latest import LatestStore
 
 PROMPT = "News: shares rally.\nDirection (up, down or flat):"
+
+
+@pytest.fixture(autouse=True)
+def adapters_from_test_folders(monkeypatch, tmp_path_factory):
+    """The watch loads only from configured folders: here, pytest's temporary folders."""
+    monkeypatch.setenv("FINLLM_ADAPTER_DIRS", str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +171,30 @@ def test_cli_register_list_remove(redis_url, topic_prefix, adapter_dir):
     assert runner.invoke(cli, ["adapters", "remove", "toy"], env=env).exit_code == 0
     missing = runner.invoke(cli, ["adapters", "remove", "toy"], env=env)
     assert missing.exit_code != 0 and "no adapter" in missing.output
+
+
+def test_watch_refuses_adapters_outside_the_configured_folders(redis_url, topic_prefix, tiny_model_dir, adapter_dir,
+                                                              tmp_path):
+    from inference.registry_watch import allowed_adapter_dirs, inside
+
+    scorer = SerializedScorer(EngineScorer(str(tiny_model_dir)))
+    allowed = (tmp_path / "allowed").resolve()
+    allowed.mkdir()
+    sneaky = allowed / ".." / adapter_dir.name   # a path that climbs out of the allowed folder
+
+    async def scenario():
+        registry = AdapterRegistry.from_url(redis_url, topic_prefix)
+        watch = RegistryWatch(registry, scorer, lambda: model_fingerprint(tiny_model_dir), allowed_dirs=(allowed,))
+        watch.model_hash = model_fingerprint(tiny_model_dir)
+        try:
+            await registry.register(record_from_folder("outside", adapter_dir))
+            await watch.sync()
+            return await registry.statuses()
+        finally:
+            await registry.close()
+
+    statuses = run(scenario())
+    assert statuses["outside"].state == "refused" and "outside the adapter folders" in statuses["outside"].detail
+    assert "outside" not in scorer.inner.engine.registry
+    assert not inside(sneaky, (allowed,)) and inside(allowed / "a" / "b", (allowed,))
+    assert allowed_adapter_dirs({"FINLLM_ADAPTER_DIRS": f"{allowed},/x"}) == (allowed, Path("/x"))
