@@ -22,6 +22,7 @@ class AgentsConfig:
     allowed_lateness_s: int = 1_800  # news this far (event time) behind a symbol's ticks still counts
     tick_lateness_ms: int = 0        # ticks may arrive this much out of order; triggers wait as long
     warmup: bool = True              # on news, ask the inference worker to prefill the new news block
+    max_prompt_chars: int = 6_000    # longer prompts drop their oldest news first (recorded in the request)
     news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
     news_idle_ms: int = 30_000       # watermarks absent this long (wall) count as a feed without them
     adapters: dict[str, str] = field(default_factory=dict)  # symbol -> LoRA adapter name
@@ -29,7 +30,8 @@ class AgentsConfig:
 
     def __post_init__(self) -> None:
         for name in ("cadence_s", "horizon_s", "short_window_s", "long_window_s", "news_window_s",
-                     "news_half_life_s", "max_news_in_prompt", "deadline_ms", "allowed_lateness_s"):
+                     "news_half_life_s", "max_news_in_prompt", "deadline_ms", "allowed_lateness_s",
+                     "max_prompt_chars"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.short_window_s > self.long_window_s:
@@ -57,7 +59,8 @@ class AgentsConfig:
                                 ("FINLLM_ALLOWED_LATENESS_S", "allowed_lateness_s", int),
                                 ("FINLLM_NEWS_GRACE_MS", "news_grace_ms", int),
                                 ("FINLLM_NEWS_IDLE_MS", "news_idle_ms", int),
-                                ("FINLLM_TICK_LATENESS_MS", "tick_lateness_ms", int)):
+                                ("FINLLM_TICK_LATENESS_MS", "tick_lateness_ms", int),
+                                ("FINLLM_MAX_PROMPT_CHARS", "max_prompt_chars", int)):
             if env.get(var):
                 kw[name] = cast(env[var])
         if env.get("FINLLM_WARMUP"):

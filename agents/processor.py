@@ -237,20 +237,31 @@ class Processor:
 
     def request(self, fired: Fired, created_wall_ns: int) -> InferenceRequest:
         cfg = self.cfg
-        state = self.states.get(fired.symbol)
-        prefix = state._prefix(fired.news) if state else news_block(fired.symbol, fired.news)
-        prompt = prefix + numeric_tail(
-            fired.ts_ns, fired.features, fired.news, cfg.news_half_life_s, cfg.horizon_s)
+        news, prompt = self._prompt(fired, fired.news)
         return InferenceRequest(
             id=fired.id, symbol=fired.symbol, ts_ns=fired.ts_ns, horizon_s=cfg.horizon_s, trigger=fired.trigger,
             prompt=prompt, numeric=numeric_probs(fired.features, cfg.horizon_s, cfg.flat_bps, cfg.momentum_coef),
-            news_ids=tuple(n.id for n in fired.news), adapter=cfg.adapter_for(fired.symbol),
+            news_ids=tuple(n.id for n in news), adapter=cfg.adapter_for(fired.symbol),
             ingest_wall_ns=fired.ingest_wall_ns, created_wall_ns=created_wall_ns,
-            deadline_wall_ns=fired.ingest_wall_ns + cfg.deadline_ms * 1_000_000, features=_features(fired))
+            deadline_wall_ns=fired.ingest_wall_ns + cfg.deadline_ms * 1_000_000,
+            features=_features(fired, dropped=len(fired.news) - len(news)))
+
+    def _prompt(self, fired: Fired, news: tuple[NewsItem, ...]) -> tuple[tuple[NewsItem, ...], str]:
+        """The prompt, and the news in it: over `max_prompt_chars`, the oldest news goes first."""
+        state = self.states.get(fired.symbol)
+        while True:
+            prefix = state._prefix(news) if state else news_block(fired.symbol, news)
+            prompt = prefix + numeric_tail(fired.ts_ns, fired.features, news, self.cfg.news_half_life_s,
+                                           self.cfg.horizon_s)
+            if len(prompt) <= self.cfg.max_prompt_chars or not news:
+                return news, prompt
+            news = news[1:]
 
 
-def _features(fired: Fired) -> dict[str, float]:
+def _features(fired: Fired, dropped: int = 0) -> dict[str, float]:
     features = fired.features.as_dict()
+    if dropped:
+        features["news_dropped"] = float(dropped)
     if fired.ret_since_news is not None:
         features["ret_since_news"] = fired.ret_since_news
     return features

@@ -199,3 +199,21 @@ def test_news_block_is_built_on_arrival_and_prefixes_the_trigger_prompt():
     f = next(f for f in fired if f.trigger == "cadence")
     assert request.prompt == build_prompt("ACME", f.ts_ns, f.features, f.news, 600, 60)
     assert Processor(AgentsConfig(warmup=False)).warmup("ACME", 5) is None
+
+
+def test_oversized_prompts_drop_their_oldest_news_and_say_so():
+    cfg = AgentsConfig(cadence_s=3600, max_prompt_chars=700)
+    p = Processor(cfg, gated=False)
+    p.on_tick(trade(1, 100.0), 0)
+    for i in range(5):
+        p.on_news(news(f"n{i}", 2 + i, headline=f"ACME headline number {i} " + "x" * 120), "ACME", 0)
+    fired = p.on_tick(trade(30, 100.0), 0)
+    request = p.request(fired[-1], 0)       # the news trigger of n4 sees all five
+    assert len(request.prompt) <= 700 and request.news_ids[-1] == "n4"
+    kept = len(request.news_ids)
+    assert 1 <= kept < 5 and request.news_ids == ("n0", "n1", "n2", "n3", "n4")[-kept:]   # oldest went first
+    assert request.features["news_dropped"] == 5 - kept and "headline number 0" not in request.prompt
+    roomy = Processor(AgentsConfig(cadence_s=3600), gated=False)
+    roomy.on_tick(trade(1, 100.0), 0)
+    roomy.on_news(news("n9", 2), "ACME", 0)
+    assert "news_dropped" not in roomy.request(roomy.on_tick(trade(30, 100.0), 0)[-1], 0).features
