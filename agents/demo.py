@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from aiokafka import AIOKafkaConsumer
+
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.report import build_report, forecasts_frame
@@ -22,6 +24,7 @@ from inference.adapters.shipped import load_routing
 from schemas import Forecast, SchemaError, decode_deadletter, decode_forecast
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
+from streams.consumer import consume_until
 from streams.embedded import EmbeddedKafka, EmbeddedRedis, ServiceConfig
 from streams.processes import WorkerProcess
 from streams.producer import make_producer
@@ -144,20 +147,10 @@ class _Collector:
         self._stop.set()
 
     async def run(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
         topics = self.kafka.topics
         consumer = AIOKafkaConsumer(topics.forecasts, topics.deadletter, **self.kafka.client_kwargs(),
                                     group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
-        await consumer.start()
-        self.started.set()
-        try:
-            while not self._stop.is_set():
-                batch = await consumer.getmany(timeout_ms=100)
-                for record in (r for part in batch.values() for r in part):
-                    self._take(record.topic, record.value or b"")
-        finally:
-            await consumer.stop()
+        await consume_until(consumer, self._stop, lambda r: self._take(r.topic, r.value or b""), self.started)
 
     def _take(self, topic: str, value: bytes) -> None:
         if topic == self.kafka.topics.deadletter:

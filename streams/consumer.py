@@ -1,9 +1,10 @@
 """Reading forecasts: an async iterator for programs (a trading app needs no Kafka code of its own)."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from aiokafka import AIOKafkaConsumer
 
@@ -43,3 +44,18 @@ def _decode(value: bytes | None) -> Forecast | None:
         return decode_forecast(value or b"")
     except SchemaError:
         return None
+
+
+async def consume_until(consumer: AIOKafkaConsumer, stop: asyncio.Event, take: Callable[[Any], None],
+                        started: asyncio.Event | None = None, poll_ms: int = 100) -> None:
+    """Start `consumer`, hand every record to `take` until `stop` is set, then stop the consumer."""
+    await consumer.start()
+    if started is not None:
+        started.set()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=poll_ms)
+            for record in (r for part in batch.values() for r in part):
+                take(record)
+    finally:
+        await consumer.stop()

@@ -19,6 +19,7 @@ from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.processor import Processor
 from schemas import DeadLetter, Forecast, SchemaError, decode_deadletter, decode_forecast
+from streams.consumer import consume_until
 from streams.admin import ensure_topics
 from streams.embedded import EmbeddedKafka, EmbeddedRedis, ServiceConfig
 from streams.ports import free_port
@@ -126,15 +127,7 @@ class Collector:
         consumer = AIOKafkaConsumer(topics.forecasts, topics.deadletter, **self.kafka.client_kwargs(),
                                     group_id=f"{topics.prefix}collector", auto_offset_reset="earliest",
                                     enable_auto_commit=True, session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
-        await consumer.start()
-        self.started.set()
-        try:
-            while not self.stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=100)
-                for record in (r for part in batch.values() for r in part):
-                    self._take(record.topic, record.value or b"")
-        finally:
-            await consumer.stop()
+        await consume_until(consumer, self.stopping, lambda r: self._take(r.topic, r.value or b""), self.started)
 
     def _take(self, topic: str, value: bytes) -> None:
         try:
