@@ -118,7 +118,6 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
     async def _send_requests(fired: list) -> None:
         futures = []
         for f in fired:
-            log.debug("fire %s %s T=%d news=%s", f.symbol, f.trigger, f.ts_ns, [n.id for n in f.news])
             request = processor.request(f, time.time_ns())
             metrics.triggers.labels(f.trigger).inc()
             metrics.trigger_wait_s.observe(max(request.created_wall_ns - f.ingest_wall_ns, 0) / 1e9)

@@ -95,7 +95,7 @@ class SymbolState:
             raise LateEventError(f"news {item.id} at {item.ts_ns} is over {self.cfg.allowed_lateness_s} s "
                                  f"behind {self.symbol}'s ticks")
         self._remember(item)
-        self._prefix(self._news_as_of(self.news[-1].ts_ns))
+        self.prefix(self._news_as_of(self.news[-1].ts_ns))
         if self.tick_wm_ns is not None and item.ts_ns < self.tick_wm_ns:
             heapq.heappush(self.held, (item.ts_ns, "news", item.id, wall_ns))
         else:
@@ -142,7 +142,7 @@ class SymbolState:
         return Fired(forecast_id(self.symbol, ts_ns, trigger, news_id), self.symbol, ts_ns, trigger, news_id,
                      features, news, ready_wall_ns, moved)
 
-    def _prefix(self, news: tuple[NewsItem, ...]) -> str:
+    def prefix(self, news: tuple[NewsItem, ...]) -> str:
         """The news block of a prompt, built once per news set (when the news arrives: predictive buffering)."""
         key = tuple(n.id for n in news)
         if key not in self.prefixes:
@@ -250,7 +250,7 @@ class Processor:
         """The prompt, and the news in it: over `max_prompt_chars`, the oldest news goes first."""
         state = self.states.get(fired.symbol)
         while True:
-            prefix = state._prefix(news) if state else news_block(fired.symbol, news)
+            prefix = state.prefix(news) if state else news_block(fired.symbol, news)
             prompt = prefix + numeric_tail(fired.ts_ns, fired.features, news, self.cfg.news_half_life_s,
                                            self.cfg.horizon_s)
             if len(prompt) <= self.cfg.max_prompt_chars or not news:
