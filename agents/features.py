@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections import deque
 from dataclasses import dataclass
 
 from schemas import Quote, Tick, Trade
@@ -34,93 +33,118 @@ class Features:
         return out
 
 
+class _Series:
+    """Rows (ts_ns, a, b) in event-time order as three columns (trades: price, size; quotes: bid, ask),
+    the oldest kept at `start`: times are bisected and ranges summed without copying the window, and
+    eviction only moves `start` (the lists are compacted once half of them is behind it)."""
+
+    __slots__ = ("ts", "a", "b", "start")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []
+        self.a: list[float] = []
+        self.b: list[float] = []
+        self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.ts) - self.start
+
+    def add(self, ts_ns: int, a: float, b: float) -> None:
+        """Append, or insert after every row at or before its time (a stable, in-order insert)."""
+        i = len(self.ts) if not self.ts or self.ts[-1] <= ts_ns else bisect_right(self.ts, ts_ns, self.start)
+        self.ts.insert(i, ts_ns)
+        self.a.insert(i, a)
+        self.b.insert(i, b)
+
+    def upto(self, ts_ns: int, lo: int | None = None) -> int:
+        """Index just past the last row at or before `ts_ns` (searching from `lo`, default the oldest)."""
+        return bisect_right(self.ts, ts_ns, self.start if lo is None else lo)
+
+    def evict(self, horizon_ns: int) -> None:
+        """Drop rows at or before the horizon except the newest of them (the value at the window start)."""
+        keep_from = max(bisect_right(self.ts, horizon_ns, self.start) - 1, self.start)
+        self.start = keep_from
+        if self.start > 1024 and self.start * 2 > len(self.ts):
+            for column in (self.ts, self.a, self.b):
+                del column[:self.start]
+            self.start = 0
+
+
 class TickWindow:
-    """Trades (ts_ns, price, size) and quotes kept for `keep_ns` of event time behind the newest tick."""
+    """Trades (ts_ns, price, size) and quotes (ts_ns, bid, ask) kept for `keep_ns` of event time behind
+    the newest tick. Features read them through bisection: a trigger costs O(log n) plus its ranges."""
 
     def __init__(self, keep_ns: int) -> None:
         self.keep_ns = keep_ns
-        self.trades: deque[tuple[int, float, float]] = deque()
-        self.quotes: deque[tuple[int, float, float]] = deque()
+        self.trades = _Series()
+        self.quotes = _Series()
         self.first_trade_ns: int | None = None
 
     def add(self, tick: Tick) -> None:
         """Ticks may come slightly out of order (within the allowed lateness): they are put in place."""
         if isinstance(tick, Trade):
-            _insert(self.trades, (tick.ts_ns, tick.price, tick.size))
+            self.trades.add(tick.ts_ns, tick.price, tick.size)
             if self.first_trade_ns is None or tick.ts_ns < self.first_trade_ns:
                 self.first_trade_ns = tick.ts_ns
         elif isinstance(tick, Quote):
-            _insert(self.quotes, (tick.ts_ns, tick.bid_px, tick.ask_px))
-        newest = max(self.trades[-1][0] if self.trades else tick.ts_ns, self.quotes[-1][0] if self.quotes else 0)
-        self._evict(newest - self.keep_ns)
-
-    def _evict(self, horizon_ns: int) -> None:
-        # Keep one trade older than the horizon: it is the price at the window start.
-        while len(self.trades) > 1 and self.trades[1][0] <= horizon_ns:
-            self.trades.popleft()
-        while len(self.quotes) > 1 and self.quotes[1][0] <= horizon_ns:
-            self.quotes.popleft()
+            self.quotes.add(tick.ts_ns, tick.bid_px, tick.ask_px)
+        trades, quotes = self.trades, self.quotes
+        newest = max(trades.ts[-1] if len(trades) else tick.ts_ns, quotes.ts[-1] if len(quotes) else 0)
+        trades.evict(newest - self.keep_ns)
+        quotes.evict(newest - self.keep_ns)
 
     def has_trade_at(self, ts_ns: int) -> bool:
         return self.first_trade_ns is not None and self.first_trade_ns <= ts_ns
 
     def features_at(self, ts_ns: int, short_ns: int, long_ns: int) -> Features | None:
         """Features as of `ts_ns` from ticks at or before it; None without any trade by then."""
-        trades = [t for t in self.trades if t[0] <= ts_ns]
-        if not trades:
+        trades = self.trades
+        end = trades.upto(ts_ns)
+        if end == trades.start:
             return None
-        times = [t[0] for t in trades]
-        last = trades[-1][1]
-        recent = trades[bisect_right(times, ts_ns - short_ns):]
+        last = trades.a[end - 1]
+        short_from, long_from = trades.upto(ts_ns - short_ns), trades.upto(ts_ns - long_ns)
         return Features(
             last_price=last,
-            ret_short=math.log(last / _price_at(trades, times, ts_ns - short_ns)),
-            ret_long=math.log(last / _price_at(trades, times, ts_ns - long_ns)),
-            vol_per_sqrt_s=self._realised_vol(ts_ns, long_ns, trades[bisect_right(times, ts_ns - long_ns):]),
-            volume_short=sum(t[2] for t in recent),
-            trades_short=len(recent),
+            ret_short=math.log(last / trades.a[max(short_from - 1, trades.start)]),
+            ret_long=math.log(last / trades.a[max(long_from - 1, trades.start)]),
+            vol_per_sqrt_s=self._realised_vol(ts_ns, long_ns, long_from, end),
+            volume_short=sum(trades.b[short_from:end]),
+            trades_short=end - short_from,
             spread_bps=self._spread_bps(ts_ns),
         )
 
     def log_return(self, from_ns: int, to_ns: int) -> float | None:
         """Log return between the last trades at or before each time; None without a trade by `from_ns`."""
-        times = [t[0] for t in self.trades]
-        start, end = bisect_right(times, from_ns), bisect_right(times, to_ns)
-        if start == 0 or end == 0:
+        trades = self.trades
+        start, end = trades.upto(from_ns), trades.upto(to_ns)
+        if start == trades.start or end == trades.start:
             return None
-        return math.log(self.trades[end - 1][1] / self.trades[start - 1][1])
+        return math.log(trades.a[end - 1] / trades.a[start - 1])
 
-    def _realised_vol(self, ts_ns: int, span_ns: int, trades: list[tuple[int, float, float]]) -> float:
+    def _realised_vol(self, ts_ns: int, span_ns: int, trades_from: int, trades_end: int) -> float:
         """From quote mids when there are quotes (trade prices bounce between bid and ask, which
         inflates their volatility several times at this horizon), else from trades."""
-        mids = [(q[0], 0.5 * (q[1] + q[2]), 0.0) for q in self.quotes if ts_ns - span_ns < q[0] <= ts_ns]
-        return _realised_vol(mids if len(mids) >= 3 else trades, span_ns)
+        quotes = self.quotes
+        q_from, q_end = quotes.upto(ts_ns - span_ns), quotes.upto(ts_ns)
+        if q_end - q_from >= 3:
+            mids = [0.5 * (bid + ask) for bid, ask in zip(quotes.a[q_from:q_end], quotes.b[q_from:q_end])]
+            return _realised_vol(quotes.ts[q_from:q_end], mids, span_ns)
+        trades = self.trades
+        return _realised_vol(trades.ts[trades_from:trades_end], trades.a[trades_from:trades_end], span_ns)
 
     def _spread_bps(self, ts_ns: int) -> float | None:
-        quote = next((q for q in reversed(self.quotes) if q[0] <= ts_ns), None)
-        if quote is None:
+        quotes = self.quotes
+        i = quotes.upto(ts_ns)
+        if i == quotes.start:
             return None
-        _, bid, ask = quote
+        bid, ask = quotes.a[i - 1], quotes.b[i - 1]
         return (ask - bid) / (0.5 * (ask + bid)) * 1e4
 
 
-def _insert(rows: deque[tuple[int, float, float]], row: tuple[int, float, float]) -> None:
-    """Append, or insert after every row at or before its time (a stable, in-order insert)."""
-    if not rows or rows[-1][0] <= row[0]:
-        rows.append(row)
-        return
-    rows.insert(bisect_right([r[0] for r in rows], row[0]), row)
-
-
-def _price_at(trades: list[tuple[int, float, float]], times: list[int], ts_ns: int) -> float:
-    """Last trade price at or before ts_ns; the earliest known price when the window reaches past it."""
-    i = bisect_right(times, ts_ns)
-    return trades[max(i - 1, 0)][1]
-
-
-def _realised_vol(trades: list[tuple[int, float, float]], span_ns: int) -> float:
-    if len(trades) < 3:
+def _realised_vol(times: list[int], prices: list[float], span_ns: int) -> float:
+    if len(prices) < 3:
         return MIN_VOL_PER_SQRT_S
-    sq = sum(math.log(b[1] / a[1]) ** 2 for a, b in zip(trades, trades[1:]))
-    span_s = max((trades[-1][0] - trades[0][0]) / NS_PER_S, 1.0)
+    sq = sum(math.log(b / a) ** 2 for a, b in zip(prices, prices[1:]))
+    span_s = max((times[-1] - times[0]) / NS_PER_S, 1.0)
     return max(math.sqrt(sq / span_s), MIN_VOL_PER_SQRT_S)

@@ -1,7 +1,7 @@
 """Rebuild the agents' in-memory state after a crash, so no trigger is lost and none changes.
 
 The processor's state (tick windows, news, held triggers, news watermarks) lives in memory, while
-Faust commits a partition's offset as soon as an event is processed. A worker restarted after a
+the intake (agents.intake) commits a partition's offsets as soon as a batch is processed. A worker restarted after a
 crash would resume at the committed offset with empty windows: the triggers it was holding would
 be lost and the next ones would read short windows. So the agents keep, per partition, a
 checkpoint in Redis (every CHECKPOINT_EVERY_S):
@@ -19,7 +19,6 @@ lose its trigger. Without Redis the agents run on, unable to rebuild (logged).
 """
 from __future__ import annotations
 
-import contextlib
 import heapq
 import logging
 import time
@@ -204,15 +203,13 @@ class Recovery:
     def passed(self, topic: str, partition: int, offset: int) -> None:
         self.ledger.passed("ticks" if topic == self.kafka.topics.ticks else "news", partition, offset)
 
-    @contextlib.contextmanager
-    def sending(self, fired: list) -> Iterator[None]:
-        times = Counter(f.ts_ns for f in fired)
+    def hold(self, times: Counter[int]) -> None:
+        """Trigger times whose requests are on their way: checkpoints resume at or before them."""
         self.inflight.update(times)
-        try:
-            yield
-        finally:
-            self.inflight.subtract(times)
-            self.inflight += Counter()              # drop the zeros
+
+    def let_go(self, times: Counter[int]) -> None:
+        self.inflight.subtract(times)
+        self.inflight += Counter()              # drop the zeros
 
     async def save(self, processor: Processor) -> None:
         if self.store is None or time.monotonic() - self.saved_at < CHECKPOINT_EVERY_S:
