@@ -31,7 +31,7 @@ SECTORS: dict[str, tuple[str, ...]] = {
                  "ROVR", "DART", "YETI", "FORT"),
 }
 DEFAULT_TRAIN_TAPE = {"symbols": 20, "minutes": 240, "seed": 11}
-ROUTED_TASK = "sentiment"
+ROUTED_TASK = "direction"
 
 
 @click.group()
@@ -153,7 +153,7 @@ def build_defaults(out: Path | None, threads: int) -> None:
     made: dict[str, Path] = {}
     for task, first, then in (("sentiment", TrainConfig(rank=16, alpha=32, epochs=20, learning_rate=3e-3),
                                TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3)),
-                              ("direction", TrainConfig(rank=16, alpha=32, epochs=2, learning_rate=1e-3),
+                              ("direction", TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3),
                                TrainConfig(rank=16, alpha=32, epochs=1, learning_rate=5e-4))):
         split = split_by_time(build_examples(tape, cfg, task), 0.2, cfg.horizon_s)
         init = str(made["sentiment-all"]) if task == "direction" else None

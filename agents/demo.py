@@ -106,8 +106,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         await collector.started.wait()
         await _inject_bad(kafka, opts.inject_bad)
         stats = await replay(tape, kafka, speed=opts.speed, bundle_ms=opts.bundle_ms)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(collector.done.wait(), opts.timeout_s)
+        await _wait_for_forecasts(collector.done, workers, opts.timeout_s)
     finally:
         exit_codes = {w.name: w.stop() for w in workers}
     collector.stop()
@@ -116,6 +115,17 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
             "deadletters": collector.deadletters, "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
             "topic_prefix": kafka.topics.prefix}
+
+
+async def _wait_for_forecasts(done: asyncio.Event, workers: list[WorkerProcess], timeout_s: float) -> None:
+    """Until every expected forecast came or `timeout_s` passed; a worker that exits meanwhile fails the
+    run at once (WorkerFailed with its log tail) instead of leaving it to the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not done.is_set() and time.monotonic() < deadline:
+        for worker in workers:
+            worker.check_alive()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), min(0.5, max(deadline - time.monotonic(), 0.01)))
 
 
 async def _inject_bad(kafka: KafkaSettings, count: int) -> None:

@@ -24,9 +24,11 @@ from agents.examples import with_adapters
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--no-plots", is_flag=True)
+@click.option("--fit-weights", is_flag=True,
+              help="Fit the fusion weights on the tape's first part (least log-loss) and evaluate with them.")
 def eval_cmd(tape_dir: Path, out_dir: Path, adapters_dir: Path | None, no_adapters: bool, engine: str,
              model: str | None, test_fraction: float, n_boot: int, seed: int, threads: int | None,
-             no_plots: bool) -> None:
+             no_plots: bool, fit_weights: bool) -> None:
     """Replay the evaluation part of TAPE through the pipeline's computation and score the forecasts.
 
     This runs offline, without Kafka: the agents' offline processor builds the same requests a
@@ -47,7 +49,8 @@ def eval_cmd(tape_dir: Path, out_dir: Path, adapters_dir: Path | None, no_adapte
     model_dir, cfg, adapter_paths = _setup(model, None if no_adapters else adapters_dir, no_adapters)
     scorer = _scorer(engine, model_dir, adapter_paths)
     tape = Tape.read(tape_dir)
-    opts = EvalOptions(test_fraction=test_fraction, n_boot=n_boot, seed=seed, weights=FusionWeights.from_env())
+    opts = EvalOptions(test_fraction=test_fraction, n_boot=n_boot, seed=seed, weights=FusionWeights.from_env(),
+                       fit_weights=fit_weights)
     try:
         evaluation = evaluate_tape(tape, cfg, scorer, opts)
     except ValueError as error:
@@ -102,6 +105,9 @@ def summary(report: dict) -> str:
         low, high = m["mcc_ci"]
         lines.append(f"{name:<14} {m['accuracy']:8.3f} {m['mcc']:7.3f} [{low:7.3f},{high:7.3f}] "
                      f"{m['brier']:6.3f} {m['logloss']:7.3f} {m['ece']:6.3f}")
+    weights = report["fusion_weights"]
+    lines.append(f"fusion weights: numeric {weights['numeric']}, llm {weights['llm']}"
+                 + (f" (fitted on {weights['fitted']['forecasts']} earlier forecasts)" if weights["fitted"] else ""))
     diff = report["fused_vs_numeric_mcc"]
     lines.append(f"fused - numeric MCC {diff['difference']:+.3f} (paired 95% CI {diff['ci'][0]:+.3f}, "
                  f"{diff['ci'][1]:+.3f}); beats by more than the widest interval ({diff['widest_interval']:.3f}): "

@@ -20,9 +20,8 @@ from agents.examples import Example, build_examples, split_by_time
 from agents.features import Features
 from agents.signal import numeric_probs
 from inference.adapters.metrics import accuracy, cluster_resamples, evaluate_forecast, interval, paired_difference
-from inference.fusion import FusionWeights, fuse
+from inference.fusion import FusionWeights, fit_weights, fuse_arrays
 from inference.scoring import LABELS, ScoreItem, Scorer
-from schemas import Probs
 from streams.tape import Tape
 
 FORECASTS = ("numeric", "llm", "fused")
@@ -37,6 +36,8 @@ class EvalOptions:
     cluster_s: int = 300
     batch_size: int = 64
     weights: FusionWeights = field(default_factory=FusionWeights)
+    fit_weights: bool = False   # fit the fusion weights on the training part (log-loss) instead of `weights`
+    fit_max: int = 2000         # at most this many training forecasts scored for that fit (evenly spaced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +51,37 @@ def evaluate_tape(tape: Tape, cfg: AgentsConfig, scorer: Scorer, opts: EvalOptio
     test = list(split.test)
     if not test or not split.train:
         raise ValueError(f"too few labelled forecasts to split: {len(split.train)} train, {len(test)} test")
+    weights, fit = fitted_weights(scorer, split.train, opts) if opts.fit_weights else (opts.weights, None)
     llm, latency_ms = score_examples(scorer, test, opts.batch_size)
-    numeric = np.asarray([e.request.numeric.as_tuple() for e in test])                     # [N, L]
-    fused = np.asarray([fuse(e.request.numeric, Probs(*p), opts.weights).as_tuple() for e, p in zip(test, llm)])
-    y = np.asarray([LABELS.index(e.label) for e in test])                                   # [N]
+    numeric = numeric_array(test)                                                           # [N, L]
+    fused = fuse_arrays(numeric, llm, weights)
+    y = label_array(test)                                                                   # [N]
     probs = {"numeric": numeric, "llm": llm, "fused": fused, **baselines(split.train, test, cfg)}
     frame = forecast_frame(test, probs, latency_ms)
     frame = frame.with_columns(latency_adjusted_labels(tape, frame, cfg).alias("label_latency_adjusted"))
     report = build_report(frame, probs, y, opts) | {
         "split_ts_ns": split.split_ts_ns, "train_forecasts": len(split.train), "scorer": scorer.model_name,
-        "fusion_weights": {"numeric": opts.weights.numeric, "llm": opts.weights.llm},
+        "fusion_weights": {"numeric": weights.numeric, "llm": weights.llm, "fitted": fit},
         "horizon_s": cfg.horizon_s, "flat_bps": cfg.flat_bps,
         "latency_ms": {"p50": float(np.percentile(latency_ms, 50)), "p99": float(np.percentile(latency_ms, 99))}}
     return Evaluation(report, frame)
+
+
+def numeric_array(examples: Sequence[Example]) -> np.ndarray:
+    return np.asarray([e.request.numeric.as_tuple() for e in examples])
+
+
+def label_array(examples: Sequence[Example]) -> np.ndarray:
+    return np.asarray([LABELS.index(e.label) for e in examples])
+
+
+def fitted_weights(scorer: Scorer, train: Sequence[Example], opts: EvalOptions) -> tuple[FusionWeights, dict]:
+    """Fusion weights fitted on (an evenly spaced subset of) the training part, and what the fit saw."""
+    step = max(1, -(-len(train) // opts.fit_max))
+    rows = list(train[::step])
+    llm, _ = score_examples(scorer, rows, opts.batch_size)
+    weights, loss = fit_weights(numeric_array(rows), llm, label_array(rows))
+    return weights, {"forecasts": len(rows), "logloss": loss}
 
 
 def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +100,7 @@ def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int)
 
 def baselines(train: Sequence[Example], test: Sequence[Example], cfg: AgentsConfig) -> dict[str, np.ndarray]:
     """Majority class and momentum sign (frequencies fitted on `train`), and the driftless random walk."""
-    y_train = np.asarray([LABELS.index(e.label) for e in train])
+    y_train = label_array(train)
     sign_train, sign_test = _momentum_sign(train), _momentum_sign(test)
     by_sign = {s: _frequencies(y_train[sign_train == s]) for s in (-1, 0, 1)}
     walk = [numeric_probs(Features(**_features(e)), cfg.horizon_s, cfg.flat_bps, 0.0).as_tuple() for e in test]

@@ -252,7 +252,7 @@ class Processor:
         while True:
             prefix = state.prefix(news) if state else news_block(fired.symbol, news)
             prompt = prefix + numeric_tail(fired.ts_ns, fired.features, news, self.cfg.news_half_life_s,
-                                           self.cfg.horizon_s)
+                                           self.cfg.horizon_s, fired.ret_since_news)
             if len(prompt) <= self.cfg.max_prompt_chars or not news:
                 return news, prompt
             news = news[1:]

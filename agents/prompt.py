@@ -41,17 +41,41 @@ def news_block(symbol: str, news: tuple[NewsItem, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def news_age_words(age_ns: int) -> str:
+    seconds = age_ns / NS_PER_S
+    for limit, words in ((15, "just now"), (60, "under a minute ago"), (300, "minutes ago")):
+        if seconds < limit:
+            return words
+    return "a while ago"
+
+
+def move_words(ret: float, minute_vol: float) -> str:
+    """A log return in words, against one minute's volatility (a small model reads words, not digits)."""
+    z = ret / minute_vol if minute_vol > 0 else 0.0
+    for limit, words in ((-3, "sharply lower"), (-1, "lower"), (1, "about flat"), (3, "higher")):
+        if z < limit:
+            return words
+    return "sharply higher"
+
+
 def numeric_tail(ts_ns: int, features: Features, news: tuple[NewsItem, ...], half_life_s: int,
-                 horizon_s: int) -> str:
+                 horizon_s: int, ret_since_news: float | None = None) -> str:
+    """What changes at every trigger: the time, the news weights and age, the move since the latest
+    news (in words, against the per-minute volatility) and the market features."""
     weights = " ".join(f"{news_weight(ts_ns - n.ts_ns, half_life_s):.2f}" for n in news) or "-"
     spread = "n/a" if features.spread_bps is None else f"{features.spread_bps:.1f}bp"
-    return (f"Now {clock(ts_ns)}. News weights: {weights}.\n"
+    minute_vol = features.vol_per_sqrt_s * 60 ** 0.5
+    latest = ""
+    if news:
+        since = "unknown" if ret_since_news is None else move_words(ret_since_news, minute_vol)
+        latest = f"Latest news {news_age_words(ts_ns - news[-1].ts_ns)}; price since then {since}.\n"
+    return (f"Now {clock(ts_ns)}. News weights: {weights}.\n{latest}"
             f"Market: ret1 {features.ret_short * 1e4:+.1f}bp ret5 {features.ret_long * 1e4:+.1f}bp "
-            f"vol {features.vol_per_sqrt_s * 1e4 * 60 ** 0.5:.1f}bp/min spread {spread} "
+            f"vol {minute_vol * 1e4:.1f}bp/min spread {spread} "
             f"trades {features.trades_short}.\n"
             f"Direction over the next {horizon_s}s (up, down or flat):")
 
 
 def build_prompt(symbol: str, ts_ns: int, features: Features, news: tuple[NewsItem, ...],
-                 half_life_s: int, horizon_s: int) -> str:
-    return news_block(symbol, news) + numeric_tail(ts_ns, features, news, half_life_s, horizon_s)
+                 half_life_s: int, horizon_s: int, ret_since_news: float | None = None) -> str:
+    return news_block(symbol, news) + numeric_tail(ts_ns, features, news, half_life_s, horizon_s, ret_since_news)

@@ -2,9 +2,11 @@
 
 log p_fused(d) = w_numeric * log p_numeric(d) + w_llm * log p_llm(d) + const, renormalised;
 with w_llm = 0 the forecast is the numeric one, and equal weights multiply the two opinions.
-Fitting the weights on a tape: replay it (`finllm demo --tape T`), read `forecasts.parquet` (it
-holds both components and the realised direction) and choose (w_numeric, w_llm) minimising the
-log-loss of the fused probabilities, e.g. over a grid; `fused_logloss` below is that objective.
+Fitting the weights on a tape: `finllm eval --tape T --fit-weights` scores the tape's first
+part too and picks, on that part only, the (w_numeric, w_llm) of a grid that minimise the fused
+forecast's log-loss (`fit_weights`), then evaluates the last part with them; put the printed
+weights in FINLLM_FUSION_W_NUMERIC / FINLLM_FUSION_W_LLM. A live run's `forecasts.parquet` holds
+both components and can be fitted the same way.
 
 Divergence: when the two disagree by more than `divergence_tv` in total variation, the forecast is
 marked `divergent` and, if a deep adapter is configured, a second call scores the same prompt with it;
@@ -17,6 +19,8 @@ import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterable
+
+import numpy as np
 
 from schemas import Probs
 
@@ -71,10 +75,40 @@ def total_variation(a: Probs, b: Probs) -> float:
 def fuse(numeric: Probs, llm: Probs | None, weights: FusionWeights) -> Probs:
     if llm is None:
         return numeric
-    logits = [weights.numeric * math.log(max(n, FLOOR)) + weights.llm * math.log(max(m, FLOOR))
-              for n, m in zip(numeric.as_tuple(), llm.as_tuple())]
-    top = max(logits)
-    return Probs.normalised(*(math.exp(x - top) for x in logits))
+    return Probs.normalised(*fuse_arrays(np.asarray([numeric.as_tuple()]), np.asarray([llm.as_tuple()]),
+                                         weights)[0].tolist())
+
+
+def fuse_arrays(numeric: np.ndarray, llm: np.ndarray, weights: FusionWeights) -> np.ndarray:
+    """`fuse` over [N, L] arrays of probabilities: the fused probabilities [N, L]."""
+    logits = weights.numeric * np.log(np.maximum(numeric, FLOOR)) + weights.llm * np.log(np.maximum(llm, FLOOR))
+    odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return odds / odds.sum(axis=1, keepdims=True)
+
+
+def mean_logloss(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.maximum(probs[np.arange(y.size), y], FLOOR)).mean())
+
+
+WEIGHT_GRID = tuple(round(0.1 * step, 1) for step in range(21))   # 0.0, 0.1, ..., 2.0
+
+
+def fit_weights(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray,
+                grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[FusionWeights, float]:
+    """The weights on `grid` x `grid` whose fused forecast has the least log-loss on (numeric [N, L],
+    llm [N, L], realised label index [N]), and that log-loss; ties go to the smaller LLM weight."""
+    if y.size == 0:
+        raise ValueError("no rows to fit the fusion weights on")
+    best: tuple[float, float, float] | None = None
+    for w_llm in grid:
+        for w_numeric in grid:
+            if w_numeric + w_llm == 0:
+                continue
+            loss = mean_logloss(fuse_arrays(numeric, llm, FusionWeights(w_numeric, w_llm)), y)
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, w_numeric, w_llm)
+    assert best is not None
+    return FusionWeights(best[1], best[2]), best[0]
 
 
 def fused_logloss(rows: Iterable[tuple[Probs, Probs | None, str]], weights: FusionWeights) -> float:

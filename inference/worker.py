@@ -41,6 +41,8 @@ class WorkerConfig:
     model_dir: str | None = None     # None: the embedded default model, built on first use
     adapters: tuple[tuple[str, str], ...] = ()
     device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
+    dtype: str | None = None         # paged engine; None: float64 on CPU (replays give identical forecasts,
+                                     # bench/RESULTS.md), bfloat16 on CUDA
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -49,7 +51,8 @@ class WorkerConfig:
         return cls(group_id=env.get("FINLLM_INFERENCE_GROUP", default.group_id),
                    max_batch=int(env.get("FINLLM_MAX_BATCH", default.max_batch)),
                    engine=env.get("FINLLM_ENGINE", default.engine), model_dir=env.get("FINLLM_MODEL") or None,
-                   adapters=adapters, device=env.get("FINLLM_DEVICE") or None)
+                   adapters=adapters, device=env.get("FINLLM_DEVICE") or None,
+                   dtype=env.get("FINLLM_ENGINE_DTYPE") or None)
 
 
 def build_scorer(cfg: WorkerConfig) -> Scorer:
@@ -63,8 +66,10 @@ def build_scorer(cfg: WorkerConfig) -> Scorer:
     adapters = dict(cfg.adapters)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.engine == "paged":
+        from inference.engine.config import EngineConfig
         from inference.engine.scorer import EngineScorer
-        return EngineScorer(model_dir, adapters=adapters, device=device)
+        dtype = cfg.dtype or ("float64" if device == "cpu" else "bfloat16")
+        return EngineScorer(model_dir, adapters=adapters, device=device, config=EngineConfig(dtype=dtype))
     if cfg.engine == "hf":
         from inference.hf_scorer import HFScorer
         return HFScorer(model_dir, device=device, max_batch=cfg.max_batch, adapters=adapters)
@@ -74,10 +79,10 @@ def build_scorer(cfg: WorkerConfig) -> Scorer:
 def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, policy: FusionPolicy,
                   picked_wall_ns: int, inference_ms: float, deep: ScoreResult | None = None,
                   deep_ms: float = 0.0) -> Forecast:
-    llm = _probs(result)
+    llm = _published(_probs(result))
     status = "ok" if llm is not None else "expired" if result is not None and result.expired else "llm_error"
-    deep_probs = _probs(deep)
-    fused = fuse(request.numeric, deep_probs or llm, policy.weights)
+    deep_probs = _published(_probs(deep))
+    fused = _published(fuse(request.numeric, deep_probs or llm, policy.weights))
     now = time.time_ns()
     latency = Latency(queue_ms=(picked_wall_ns - request.created_wall_ns) / 1e6, inference_ms=inference_ms,
                       total_ms=(now - request.ingest_wall_ns) / 1e6, deep_ms=deep_ms)
@@ -89,6 +94,13 @@ def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, mode
 
 def _probs(result: ScoreResult | None) -> Probs | None:
     return None if result is None or result.probs is None else Probs.normalised(*result.probs)
+
+
+PUBLISHED_DIGITS = 12   # probabilities are published to 1e-12: arithmetic noise below that never shows
+
+
+def _published(probs: Probs | None) -> Probs | None:
+    return None if probs is None else Probs(*(round(p, PUBLISHED_DIGITS) for p in probs.as_tuple()))
 
 
 class DeadlineGate:

@@ -38,12 +38,16 @@ class WorkerProcess:
         """Seconds until ready; raises WorkerFailed if the process dies or the time runs out."""
         started = time.monotonic()
         while not self.ready_path.exists():
-            if self.process.poll() is not None:
-                raise WorkerFailed(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            self.check_alive()
             if time.monotonic() - started > timeout_s:
                 raise WorkerFailed(f"{self.name} not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
             time.sleep(POLL_S)
         return time.monotonic() - started
+
+    def check_alive(self) -> None:
+        """Raises WorkerFailed (with the log tail) if the process has exited."""
+        if self.process.poll() is not None:
+            raise WorkerFailed(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM, then SIGKILL to the whole group if it has not exited in time; returns the exit code."""

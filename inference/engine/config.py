@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Sizes of the KV pool, the per-step budget and the adapter slots.
@@ -21,7 +24,7 @@ class EngineConfig:
     max_lora_rank: int = 64
     starvation_timeout_s: float = 5.0
     enable_prefix_caching: bool = True
-    dtype: str = "float32"
+    dtype: str = "float32"   # float64: batch-composition effects far below the published precision (CPU replay)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_batched_tokens",
@@ -30,8 +33,8 @@ class EngineConfig:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.starvation_timeout_s <= 0:
             raise ValueError("EngineConfig.starvation_timeout_s must be > 0")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"EngineConfig.dtype must be float32/float16/bfloat16, got {self.dtype}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"EngineConfig.dtype must be one of {DTYPES}, got {self.dtype}")
 
     @property
     def max_cached_tokens(self) -> int:

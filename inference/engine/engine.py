@@ -16,7 +16,7 @@ from inference.engine.model_runner import ModelRunner
 from inference.engine.scheduler import Scheduler, SchedulerOutput
 from inference.engine.sequence import Request, RequestKind, RequestStatus
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True, slots=True)

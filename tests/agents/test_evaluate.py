@@ -131,3 +131,14 @@ def test_eval_cli_writes_the_report_and_plots(tape, tmp_path):
     pngs = {p.name for p in out.glob("*.png")}
     assert {"calibration.png", "price_ACME.png", "calibration_ACME.png"} <= pngs
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_fit_weights_uses_the_first_part_and_trusts_an_informative_llm(tape):
+    from agents.examples import build_examples
+
+    labels = {e.request.id: e.label for e in build_examples(tape, CFG)}
+    evaluation = evaluate_tape(tape, CFG, OracleScorer(labels, 0.5), EvalOptions(n_boot=50, fit_weights=True))
+    weights = evaluation.report["fusion_weights"]
+    assert weights["fitted"]["forecasts"] == evaluation.report["train_forecasts"]
+    assert weights["llm"] > weights["numeric"]
+    assert evaluation.report["fused"]["logloss"] < evaluation.report["numeric"]["logloss"]

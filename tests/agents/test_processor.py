@@ -197,7 +197,7 @@ def test_news_block_is_built_on_arrival_and_prefixes_the_trigger_prompt():
     request = p.request(next(f for f in fired if f.trigger == "cadence"), 7)
     assert request.prompt.startswith(warm.prompt) and len(request.prompt) > len(warm.prompt)
     f = next(f for f in fired if f.trigger == "cadence")
-    assert request.prompt == build_prompt("ACME", f.ts_ns, f.features, f.news, 600, 60)
+    assert request.prompt == build_prompt("ACME", f.ts_ns, f.features, f.news, 600, 60, f.ret_since_news)
     assert Processor(AgentsConfig(warmup=False)).warmup("ACME", 5) is None
 
 

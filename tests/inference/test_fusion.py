@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 
-from inference.fusion import FusionPolicy, FusionWeights, fuse, fused_logloss, total_variation
+from inference.fusion import (FusionPolicy, FusionWeights, fit_weights, fuse, fuse_arrays, fused_logloss,
+                              total_variation)
 from inference.scoring import ScoreResult
 from inference.worker import make_forecast
 from schemas import InferenceRequest, Probs
@@ -25,6 +27,37 @@ def test_fused_logloss_prefers_the_informative_expert():
     rows = [(NUMERIC, Probs(0.8, 0.1, 0.1), "up"), (NUMERIC, Probs(0.1, 0.8, 0.1), "down")]
     assert fused_logloss(rows, FusionWeights(1, 1)) < fused_logloss(rows, FusionWeights(1, 0))
     assert fused_logloss(rows, FusionWeights(1, 0)) == pytest.approx(-math.log(0.4))
+
+
+def _experts(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(numeric, informative llm, noise llm, labels): the informative expert sees the label 60% of the time."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    numeric = np.tile([0.34, 0.33, 0.33], (n, 1))
+    informed = np.where(rng.random(n) < 0.6, y, rng.integers(0, 3, n))
+    llm = np.full((n, 3), 0.15)
+    llm[np.arange(n), informed] = 0.7
+    noise = rng.dirichlet(np.ones(3), n)
+    return numeric, llm, noise, y
+
+
+def test_fuse_arrays_is_fuse_row_by_row():
+    numeric, llm, _, _ = _experts(20, seed=1)
+    weights = FusionWeights(0.7, 1.3)
+    rows = [fuse(Probs(*n), Probs(*m), weights).as_tuple() for n, m in zip(numeric, llm)]
+    assert fuse_arrays(numeric, llm, weights) == pytest.approx(np.asarray(rows), abs=1e-12)
+
+
+def test_fit_weights_trusts_an_informative_llm_and_ignores_noise():
+    numeric, llm, noise, y = _experts(3000, seed=2)
+    informed, loss = fit_weights(numeric, llm, y)
+    assert informed.llm >= 0.5
+    assert loss < fused_logloss([(Probs(*n), Probs(*m), "up down flat".split()[k]) for n, m, k in
+                                 zip(numeric, llm, y)], FusionWeights(1.0, 0.0))
+    ignored, _ = fit_weights(numeric, noise, y)
+    assert ignored.llm <= 0.1
+    with pytest.raises(ValueError):
+        fit_weights(numeric[:0], llm[:0], y[:0])
 
 
 def test_divergence_and_review_rules():
@@ -59,3 +92,9 @@ def test_make_forecast_records_the_deep_opinion_and_fuses_it():
     expired = make_forecast(_request(), ScoreResult("r1", None, expired=True), model="m", policy=policy,
                             picked_wall_ns=30, inference_ms=0.0)
     assert expired.status == "expired" and expired.probs == NUMERIC and expired.llm is None
+
+
+def test_fused_probabilities_are_plain_floats():
+    """They go on the wire through orjson, which refuses numpy scalars."""
+    fused = fuse(NUMERIC, Probs(0.7, 0.1, 0.2), FusionWeights(1.0, 0.5))
+    assert all(type(p) is float for p in fused.as_tuple())

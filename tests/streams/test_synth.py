@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from streams.synth import (COMPANIES, HEADLINES, SAMPLE_MINUTES, SAMPLE_SEED, SAMPLE_SYMBOLS,
+from streams.synth import (COMPANIES, HEADLINES, SynthConfig, SAMPLE_MINUTES, SAMPLE_SEED, SAMPLE_SYMBOLS,
                            START_NS, sample_tape_path, synth_tape)
 from streams.tape import Tape
 
@@ -120,12 +120,12 @@ def test_headlines_match_their_sentiment(tape: Tape) -> None:
     assert set(rows.get_column("sentiment").unique()) == {-1, 0, 1}
 
 
-def test_about_half_the_news_explains_a_jump(tape: Tape) -> None:
+def test_the_configured_share_of_news_explains_a_jump(tape: Tape) -> None:
     truth = tape.truth
     assert truth is not None
     assert truth.get_column("news_id").to_list() == tape.news.get_column("id").to_list()
     share = truth.get_column("jump_ts_ns").is_not_null().mean()
-    assert 0.4 <= share <= 0.6
+    assert abs(share - SynthConfig().explaining_share) <= 0.1
 
 
 def test_jumps_follow_explaining_news_with_its_sign(tape: Tape) -> None:
@@ -134,7 +134,8 @@ def test_jumps_follow_explaining_news_with_its_sign(tape: Tape) -> None:
         (pl.col("log_return").abs().median() * 1.4826).alias("minute_vol"))
     jumps = jumps.join(minute_vol, left_on="jump_symbol", right_on="symbol")
     for row in jumps.iter_rows(named=True):
-        assert 5 * S <= row["jump_ts_ns"] - row["ts_ns"] <= 120 * S
+        low, high = SynthConfig().jump_delay_s
+        assert low * S <= row["jump_ts_ns"] - row["ts_ns"] <= high * S
         assert row["jump_symbol"] == row["symbols"][0]
         assert np.sign(row["jump_return"]) == row["sentiment"] != 0
         assert abs(row["jump_return"]) > 3 * row["minute_vol"]
