@@ -21,7 +21,8 @@ class AgentsConfig:
     deadline_ms: int = 10_000        # a forecast later than this after its trigger is answered numeric-only
     allowed_lateness_s: int = 1_800  # news this far (event time) behind a symbol's ticks still counts
     tick_lateness_ms: int = 0        # ticks may arrive this much out of order; triggers wait as long
-    warmup: bool = True              # on news, ask the inference worker to prefill the new news block
+    warmup: bool = True              # ask the inference worker to prefill the known head of coming prompts
+    warmup_lead_s: int = 10          # ... of a cadence trigger this long (event time) before it
     max_prompt_chars: int = 6_000    # longer prompts drop their oldest news first (recorded in the request)
     news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
     news_idle_ms: int = 30_000       # watermarks absent this long (wall) count as a feed without them
@@ -36,8 +37,8 @@ class AgentsConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.short_window_s > self.long_window_s:
             raise ValueError("short_window_s must not exceed long_window_s")
-        if min(self.news_grace_ms, self.news_idle_ms, self.tick_lateness_ms) < 0:
-            raise ValueError("news_grace_ms, news_idle_ms and tick_lateness_ms must be >= 0")
+        if min(self.news_grace_ms, self.news_idle_ms, self.tick_lateness_ms, self.warmup_lead_s) < 0:
+            raise ValueError("news_grace_ms, news_idle_ms, tick_lateness_ms and warmup_lead_s must be >= 0")
         if self.flat_bps < 0:
             raise ValueError("flat_bps must be >= 0")
 
@@ -60,6 +61,7 @@ class AgentsConfig:
                                 ("FINLLM_NEWS_GRACE_MS", "news_grace_ms", int),
                                 ("FINLLM_NEWS_IDLE_MS", "news_idle_ms", int),
                                 ("FINLLM_TICK_LATENESS_MS", "tick_lateness_ms", int),
+                                ("FINLLM_WARMUP_LEAD_S", "warmup_lead_s", int),
                                 ("FINLLM_MAX_PROMPT_CHARS", "max_prompt_chars", int)):
             if env.get(var):
                 kw[name] = cast(env[var])

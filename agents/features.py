@@ -62,6 +62,8 @@ class _Series:
 
     def evict(self, horizon_ns: int) -> None:
         """Drop rows at or before the horizon except the newest of them (the value at the window start)."""
+        if len(self.ts) - self.start < 2 or self.ts[self.start + 1] > horizon_ns:
+            return                                   # the common case: nothing to drop
         keep_from = max(bisect_right(self.ts, horizon_ns, self.start) - 1, self.start)
         self.start = keep_from
         if self.start > 1024 and self.start * 2 > len(self.ts):
@@ -89,9 +91,9 @@ class TickWindow:
         elif isinstance(tick, Quote):
             self.quotes.add(tick.ts_ns, tick.bid_px, tick.ask_px)
         trades, quotes = self.trades, self.quotes
-        newest = max(trades.ts[-1] if len(trades) else tick.ts_ns, quotes.ts[-1] if len(quotes) else 0)
-        trades.evict(newest - self.keep_ns)
-        quotes.evict(newest - self.keep_ns)
+        horizon_ns = max(trades.ts[-1] if trades.ts else tick.ts_ns, quotes.ts[-1] if quotes.ts else 0) - self.keep_ns
+        trades.evict(horizon_ns)
+        quotes.evict(horizon_ns)
 
     def has_trade_at(self, ts_ns: int) -> bool:
         return self.first_trade_ns is not None and self.first_trade_ns <= ts_ns

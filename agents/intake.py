@@ -24,8 +24,8 @@ from mode import Service
 from streams.settings import KafkaSettings
 
 log = logging.getLogger("finllm.agents.intake")
-FETCH_MAX_WAIT_MS = 100      # Tansu does not answer a fetch early when data arrives: this bounds a hop
-MAX_BATCH_RECORDS = 500      # about 25 ms of work: timers (trigger release, checkpoints) run between batches
+FETCH_MAX_WAIT_MS = 20       # Tansu does not answer a fetch early when data arrives: this bounds a hop
+MAX_BATCH_RECORDS = 2000     # about 100 ms of work at most: timers (trigger release, checkpoints) run between batches
 STOP_TIMEOUT_S = 10.0
 
 Batch = dict[TopicPartition, list[Any]]
@@ -73,6 +73,7 @@ class Intake(Service):
         try:
             while not self.stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=FETCH_MAX_WAIT_MS, max_records=MAX_BATCH_RECORDS)
+                await asyncio.sleep(0)   # let the fetcher ask for the next records while this batch is handled
                 if batch:
                     self.idle.clear()
                     try:

@@ -15,6 +15,7 @@ of T only (no look-ahead). Pure Python: the Faust agents are wiring over this.
 from __future__ import annotations
 
 import heapq
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class SymbolState:
         self.tick_wm_ns: int | None = None       # newest tick time less the tick lateness
         self.partition = 0
         self.prefixes: dict[tuple[str, ...], str] = {}   # news ids -> news block, built when news arrives
+        self.warmed_ns: int | None = None                 # the cadence trigger whose warm-up went out
 
     def on_tick(self, tick: Tick, wall_ns: int, gate: NewsGate) -> list[Fired]:
         if self.tick_wm_ns is not None and tick.ts_ns < self.tick_wm_ns:
@@ -85,8 +87,9 @@ class SymbolState:
             for t, trigger, news_id in self._due_cadence(new_wm_ns) + (self._due_news(new_wm_ns) if self.waiting else []):
                 heapq.heappush(self.held, (t, trigger, news_id, wall_ns))
         self.tick_wm_ns = max(new_wm_ns, self.tick_wm_ns or new_wm_ns)
-        self._evict_news()
-        return self.release(wall_ns, gate)
+        if self.news:
+            self._evict_news()
+        return self.release(wall_ns, gate) if self.held else []
 
     def on_news(self, item: NewsItem, wall_ns: int, gate: NewsGate) -> list[Fired]:
         if item.id in self.seen_news:
@@ -151,8 +154,13 @@ class SymbolState:
             self.prefixes[key] = news_block(self.symbol, news)
         return self.prefixes[key]
 
-    def latest_prefix(self) -> str | None:
-        return self.prefixes[next(reversed(self.prefixes))] if self.prefixes else None
+    def next_cadence_ns(self) -> int:
+        """The next cadence trigger: the first step at or after the tick watermark (it fires past it)."""
+        step = self.cfg.cadence_ns
+        return -(-self.tick_wm_ns // step) * step
+
+    def news_as_of(self, ts_ns: int) -> tuple[NewsItem, ...]:
+        return self._news_as_of(ts_ns)
 
     def _news_as_of(self, ts_ns: int) -> tuple[NewsItem, ...]:
         oldest = ts_ns - self.cfg.news_window_s * NS_PER_S
@@ -186,8 +194,10 @@ class Processor:
         self.gated = gated
         self.states: dict[str, SymbolState] = {}
         self.watermarks: dict[tuple[int, int], int] = {}   # (partition, origin) -> ts_ns
+        self.marks: dict[int, int] = {}                    # partition -> min over origins, once all sent one
         self.watermark_wall_ns: dict[int, int] = {}        # partition -> when its last watermark came
         self.started_wall_ns: int | None = None            # first event: watermarks may take a while to come
+        self._last_gate: tuple[tuple[int, int] | None, NewsGate] = (None, OPEN_GATE)
 
     def state(self, symbol: str, partition: int) -> SymbolState:
         if symbol not in self.states:
@@ -199,12 +209,15 @@ class Processor:
     def gate(self, partition: int, wall_ns: int) -> NewsGate:
         if not self.gated:
             return OPEN_GATE
-        marks = [self.watermarks.get((partition, origin)) for origin in range(self.news_origins)]
+        if self._last_gate[0] == (partition, wall_ns):    # the ticks of one record share their gate
+            return self._last_gate[1]
         if self.started_wall_ns is None:
             self.started_wall_ns = wall_ns
         last_wall_ns = self.watermark_wall_ns.get(partition, self.started_wall_ns)
         idle = wall_ns - last_wall_ns >= self.cfg.news_idle_ms * 1_000_000
-        return NewsGate(None if None in marks else min(marks), idle)
+        gate = NewsGate(self.marks.get(partition), idle)
+        self._last_gate = ((partition, wall_ns), gate)
+        return gate
 
     def on_tick(self, tick: Tick, wall_ns: int, partition: int = 0) -> list[Fired]:
         return self.state(tick.symbol, partition).on_tick(tick, wall_ns, self.gate(partition, wall_ns))
@@ -216,20 +229,55 @@ class Processor:
         key = (partition, origin)
         self.watermarks[key] = max(ts_ns, self.watermarks.get(key, ts_ns))
         self.watermark_wall_ns[partition] = wall_ns
+        self._last_gate = (None, OPEN_GATE)
+        marks = [self.watermarks.get((partition, o)) for o in range(self.news_origins)]
+        if None not in marks:
+            self.marks[partition] = min(marks)
         gate = self.gate(partition, wall_ns)
         return [f for s in self.states.values() if s.partition == partition for f in s.release(wall_ns, gate)]
 
-    def warmup(self, symbol: str, created_wall_ns: int) -> InferenceRequest | None:
-        """A request to prefill `symbol`'s current news block, so its next trigger only computes the tail."""
+    def warmup(self, symbol: str, created_wall_ns: int, at_ns: int | None = None) -> InferenceRequest | None:
+        """A request to prefill what is already known of `symbol`'s prompt at `at_ns` (default: its next
+        cadence trigger): the news block and the clock line, so the trigger only computes the market part."""
         state = self.states.get(symbol)
-        prefix = state.latest_prefix() if state else None
-        if not self.cfg.warmup or prefix is None or state.tick_wm_ns is None:
+        if not self.cfg.warmup or state is None or state.tick_wm_ns is None:
             return None
+        at_ns = state.next_cadence_ns() if at_ns is None else at_ns
+        head = self._known_head(state, at_ns)
         probs = Probs(1 / 3, 1 / 3, 1 / 3)
-        return InferenceRequest(f"warmup-{forecast_id(symbol, state.tick_wm_ns, 'warmup', prefix[-64:])}", symbol,
-                                state.tick_wm_ns, self.cfg.horizon_s, "news", prefix, probs, (),
-                                self.cfg.adapter_for(symbol), created_wall_ns, created_wall_ns,
-                                created_wall_ns + self.cfg.deadline_ms * 1_000_000, kind="warmup")
+        return InferenceRequest(f"warmup-{forecast_id(symbol, at_ns, 'warmup', head[-64:])}", symbol, at_ns,
+                                self.cfg.horizon_s, "news", head, probs, (), self.cfg.adapter_for(symbol),
+                                created_wall_ns, created_wall_ns, created_wall_ns + self.cfg.deadline_ms * 1_000_000,
+                                kind="warmup")
+
+    def due_warmup(self, symbol: str, created_wall_ns: int) -> InferenceRequest | None:
+        """The next cadence trigger's warm-up, once the symbol's ticks are `warmup_lead_s` from it (once each)."""
+        state = self.states.get(symbol)
+        if not self.cfg.warmup or state is None or state.tick_wm_ns is None:
+            return None
+        at_ns = state.next_cadence_ns()
+        if state.warmed_ns == at_ns or state.tick_wm_ns < at_ns - self.cfg.warmup_lead_s * NS_PER_S:
+            return None
+        state.warmed_ns = at_ns
+        return self.warmup(symbol, created_wall_ns, at_ns)
+
+    def news_warmups(self, symbol: str, news_ts_ns: int, created_wall_ns: int) -> list[InferenceRequest]:
+        """On news: the next cadence trigger's warm-up again if it went out without this news. (A news
+        trigger is not known ahead: it fires about as soon as its warm-up could, so it gets none.)"""
+        state = self.states.get(symbol)
+        if state is None or state.warmed_ns is None or state.warmed_ns <= news_ts_ns:
+            return []
+        warmup = self.warmup(symbol, created_wall_ns, state.warmed_ns)
+        return [warmup] if warmup is not None else []
+
+    def _known_head(self, state: SymbolState, at_ns: int) -> str:
+        """The part of the prompt of a trigger at `at_ns` that the market at `at_ns` cannot change: prompts
+        built from two unlike probe markets agree up to there (cut back to a whole line)."""
+        news = state.news_as_of(at_ns)
+        prompts = [self._prompt(Fired("", state.symbol, at_ns, "warmup", None, features, news, 0, ret), news)[1]
+                   for features, ret in _PROBES]
+        common = os.path.commonprefix(prompts)
+        return common[:common.rfind("\n") + 1]
 
     def release_all(self, wall_ns: int) -> list[Fired]:
         """For a timer: fire what the wall-clock grace now lets go."""
@@ -256,6 +304,10 @@ class Processor:
             if len(prompt) <= self.cfg.max_prompt_chars or not news:
                 return news, prompt
             news = news[1:]
+
+
+_PROBES = ((Features(101.0, 0.0123, -0.0456, 2e-4, 11.0, 3, 1.5), 0.05),
+           (Features(57.0, -0.0789, 0.0321, 7e-4, 29.0, 8, None), -0.05))
 
 
 def _features(fired: Fired, dropped: int = 0) -> dict[str, float]:

@@ -63,7 +63,8 @@ class EventGuard:
             fired = state.release(wall_ns, OPEN_GATE)
             del processor.states[tick.symbol]
             self.sessions_reset += 1
-        return fired + processor.on_tick(tick, wall_ns, partition)
+            return fired + processor.on_tick(tick, wall_ns, partition)
+        return processor.on_tick(tick, wall_ns, partition)
 
 
 Send = Callable[..., Awaitable[Any]]   # send(key=, value=, partition=) -> awaitable delivery future
@@ -175,8 +176,7 @@ class Stage:
         symbol = (record.key or b"").decode()
         fired = processor.on_news(item, symbol, wall_ns, record.partition)
         self.recovery.ledger.on_news(record.partition, item.ts_ns, record.offset)
-        warmup = processor.warmup(symbol, time.time_ns())
-        return Routed(fired, warmups=[warmup] if warmup else [])
+        return Routed(fired, warmups=processor.news_warmups(symbol, item.ts_ns, time.time_ns()))
 
     def route_ticks(self, record: Any, value: bytes, wall_ns: int) -> Routed:
         """One tick (its errors raise: the record is dead-lettered) or a bundle (bad ticks go alone)."""
@@ -192,6 +192,9 @@ class Stage:
                 routed.rejects.append((encode(tick), error))
                 continue
             ledger.on_tick(tick.symbol, tick.ts_ns, record.offset)
+        warmup = processor.due_warmup(ticks[-1].symbol, time.time_ns()) if ticks else None
+        if warmup is not None:
+            routed.warmups.append(warmup)
         return routed
 
     def replayed(self, record: Any) -> list:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from streams.settings import KafkaSettings
 
 log = logging.getLogger("finllm.inference")
 FETCH_MAX_WAIT_MS = 20  # the broker may hold a fetch this long: it bounds the queue wait of a request
+MAX_QUEUED_WARMUPS = 256   # the oldest warm-ups are dropped beyond this (they only save latency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class InferenceWorker:
         self.stopping = asyncio.Event()
         self.forecasts_published = 0
         self.warmups = 0
+        self.warm_queue: deque[InferenceRequest] = deque(maxlen=MAX_QUEUED_WARMUPS)
         self.metrics = InferenceMetrics()
         self.deadlines = DeadlineGate()
 
@@ -153,11 +156,15 @@ class InferenceWorker:
         self.deadletters = DeadLetters(producer, topics.deadletter, stage="inference")
         try:
             while not self.stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch)
+                idle_work = bool(self.warm_queue)    # warm-ups wait: poll without waiting, forecasts first
+                batch = await consumer.getmany(timeout_ms=0 if idle_work else self.cfg.poll_timeout_ms,
+                                               max_records=self.cfg.max_batch)
                 records = [r for part in batch.values() for r in part]
                 if records:
                     await self._handle(records, producer)
                     await consumer.commit()
+                elif idle_work:
+                    await self._warm_up_next()
         finally:
             stop_registry_watch()
             await consumer.stop()
@@ -176,7 +183,9 @@ class InferenceWorker:
                 self.metrics.deadletters.labels("inference", error.reason).inc()
                 await self.deadletters.send(source_topic=record.topic, error=error, key=record.key,
                                             value=record.value, partition=record.partition, offset=record.offset)
-        requests = await self._warm_up(requests)
+        requests = self._queue_warmups(requests)
+        if not requests:
+            return
         results, inference_ms = await self._score_in_time(requests)
         deep, deep_ms = await self._deep_path(requests, results)
         self.metrics.latency_s.observe((inference_ms + deep_ms) / 1e3)
@@ -192,14 +201,23 @@ class InferenceWorker:
         self.metrics.observe_forecasts(forecasts)
         await self._store_latest(forecasts)
 
-    async def _warm_up(self, requests: list[InferenceRequest]) -> list[InferenceRequest]:
-        """Prefill the news blocks the agents sent ahead of their triggers (predictive buffering), so
-        that a trigger's prompt finds its prefix cached; answers nothing. Returns the forecast requests."""
-        warm = [r for r in requests if r.kind == "warmup"]
-        if warm and getattr(self.scorer, "prefix_caching", False):
-            await self._score(warm)
-            self.warmups += len(warm)
+    def _queue_warmups(self, requests: list[InferenceRequest]) -> list[InferenceRequest]:
+        """Warm-ups (predictive buffering: the known head of a coming trigger's prompt) wait in the warm
+        queue until no forecast request is due, so they never delay one. Returns the forecast requests."""
+        if getattr(self.scorer, "prefix_caching", False):
+            self.warm_queue.extend(r for r in requests if r.kind == "warmup")
         return [r for r in requests if r.kind != "warmup"]
+
+    async def _warm_up_next(self) -> None:
+        """Prefill the oldest queued warm-up still in time (its offset is committed: a lost warm-up only
+        costs latency), so that its trigger's prompt finds the head cached; answers nothing."""
+        now_ns = time.time_ns()
+        while self.warm_queue:
+            request = self.warm_queue.popleft()
+            if request.deadline_wall_ns > now_ns:
+                await self._score([request])
+                self.warmups += 1
+                return
 
     async def _score_in_time(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
         """Requests that would finish past their deadline (at the measured cost per request) are answered

@@ -22,6 +22,8 @@ MAX_SLEEP_S = 1.0
 WATERMARK_EVERY_NS = NS_PER_S          # at most one news watermark a second of event time ...
 WATERMARK_MIN_GAP_S = 0.05             # ... and 20 a second of wall time (fast replays need few)
 WATERMARK_SOURCE = "replay"
+PACED_LINGER_MS = 2      # a paced replay is a live feed: a record (a news watermark above all) goes out at once
+MAX_LINGER_MS = 20       # as fast as possible: fuller produce batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
     metrics = metrics or ReplayMetrics()
     topics = settings.topics
     counts = {"tick": 0, "news": 0}
-    producer = make_producer(settings, linger_ms=20, max_batch_size=256 * 1024)
+    producer = make_producer(settings, linger_ms=PACED_LINGER_MS if speed else MAX_LINGER_MS, max_batch_size=256 * 1024)
     await producer.start()
     observing = asyncio.create_task(run_observability(metrics, settings))
     started = time.monotonic()

@@ -1,0 +1,55 @@
+"""Predictive buffering: warm-ups carry the known head of a coming trigger's prompt, sent ahead of it."""
+from agents.config import AgentsConfig
+from agents.processor import Processor
+from schemas import NewsItem, Trade
+
+S = 1_000_000_000
+T0 = 1_767_623_400 * S  # 2026-01-05 14:30:00 UTC, a multiple of 60 s
+CFG = AgentsConfig(cadence_s=60, warmup_lead_s=10, news_grace_ms=0, news_idle_ms=0)
+
+
+def trade(ts_s: float, price: float = 100.0) -> Trade:
+    return Trade("ACME", T0 + int(ts_s * S), price, 1.0)
+
+
+def news(nid: str, ts_s: float, headline: str = "ACME wins a contract") -> NewsItem:
+    return NewsItem(nid, T0 + int(ts_s * S), "wire", headline, ("ACME",))
+
+
+def fire(p: Processor, *ticks: Trade) -> list:
+    return [f for t in ticks for f in p.on_tick(t, 0)] + p.release_all(10**19)
+
+
+def test_cadence_warmup_goes_once_within_the_lead_and_heads_the_trigger_prompt():
+    p = Processor(CFG)
+    fire(p, trade(1), trade(30))
+    assert p.due_warmup("ACME", 5) is None                      # 30 s before T0+60: not yet
+    fire(p, trade(50.5))
+    warm = p.due_warmup("ACME", 5)
+    assert warm.kind == "warmup" and warm.ts_ns == T0 + 60 * S
+    assert p.due_warmup("ACME", 6) is None                      # once per trigger
+    fired = fire(p, trade(55, 101.0), trade(61, 102.0))
+    request = p.request(next(f for f in fired if f.ts_ns == T0 + 60 * S), 7)
+    assert request.prompt.startswith(warm.prompt) and "Now 2026-01-05 14:31:00" in warm.prompt
+    assert warm.prompt.endswith("\n") and "Market" not in warm.prompt   # nothing the market at T decides
+
+
+def test_news_after_a_cadence_warmup_sends_it_again_with_the_news():
+    p = Processor(CFG)
+    fire(p, trade(1), trade(20))
+    p.on_news(news("n0", 21, "ACME opens a plant"), "ACME", 0)
+    assert p.news_warmups("ACME", T0 + 21 * S, 5) == []         # the cadence warm-up has not gone out yet
+    fire(p, trade(52))
+    cadence = p.due_warmup("ACME", 5)
+    assert "ACME opens a plant" in cadence.prompt and "ACME wins a contract" not in cadence.prompt
+    p.on_news(news("n1", 53), "ACME", 0)
+    [again] = p.news_warmups("ACME", T0 + 53 * S, 6)
+    assert again.ts_ns == T0 + 60 * S and "ACME wins a contract" in again.prompt
+    fired = fire(p, trade(54), trade(61))
+    assert p.request(next(f for f in fired if f.trigger == "cadence"), 7).prompt.startswith(again.prompt)
+
+
+def test_no_warmups_when_buffering_is_off():
+    p = Processor(AgentsConfig(cadence_s=60, warmup=False))
+    fire(p, trade(1), trade(55))
+    assert p.due_warmup("ACME", 5) is None and p.news_warmups("ACME", T0 + 55 * S, 5) == []
