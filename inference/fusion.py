@@ -29,11 +29,12 @@ FLOOR = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class FusionWeights:
-    """Defaults fitted on a synthetic tape (bench/RESULTS.md, "Forecast quality"): the shipped adapters
-    are overconfident, so the language model's opinion counts half."""
+    """Defaults fitted with `finllm eval --fit-weights` on a synthetic tape the adapters were not trained
+    on (bench/RESULTS.md, "Forecast quality"): the calibrated direction adapters carry the news, the
+    numeric forecast (a Gaussian without jumps) is overdispersed, so it counts 0.3."""
 
-    numeric: float = 1.0
-    llm: float = 0.5
+    numeric: float = 0.3
+    llm: float = 1.0
 
     def __post_init__(self) -> None:
         if self.numeric < 0 or self.llm < 0 or self.numeric + self.llm == 0:
@@ -41,8 +42,9 @@ class FusionWeights:
 
     @classmethod
     def from_env(cls) -> FusionWeights:
-        return cls(float(os.environ.get("FINLLM_FUSION_W_NUMERIC", 1.0)),
-                   float(os.environ.get("FINLLM_FUSION_W_LLM", 0.5)))
+        default = cls()
+        return cls(float(os.environ.get("FINLLM_FUSION_W_NUMERIC", default.numeric)),
+                   float(os.environ.get("FINLLM_FUSION_W_LLM", default.llm)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from tokenizers import (
     AddedToken,
@@ -34,10 +35,10 @@ from transformers.models.qwen2.tokenization_qwen2 import (
     PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX,
 )
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2   # 2: weights drawn with numpy (the same on every CPU), not torch's init
 MANIFEST_NAME = "finllm_model.json"
 WEIGHTS_NAME = "model.safetensors"
-DEFAULT_MODEL_NAME = "tiny-qwen2-v1"
+DEFAULT_MODEL_NAME = f"tiny-qwen2-v{RECIPE_VERSION}"
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
 SINGLE_TOKEN_WORDS = ("up", "down", "flat", " up", " down", " flat")
@@ -54,14 +55,9 @@ class ModelBuildError(RuntimeError):
 
 
 def default_model_dir() -> Path:
-    """`$FINLLM_CACHE_DIR/models/tiny-qwen2-v1`; the cache dir defaults to `~/.cache/finllm`."""
+    """`$FINLLM_CACHE_DIR/models/tiny-qwen2-v<recipe>`; the cache dir defaults to `~/.cache/finllm`."""
     cache_dir = os.environ.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm"
     return Path(cache_dir) / "models" / DEFAULT_MODEL_NAME
-
-
-def ensure_default_model() -> Path:
-    """The embedded default model, built on first use from `default_corpus`."""
-    return ensure_model(default_model_dir(), default_corpus)
 
 
 _SUBJECTS = ("shares", "the stock", "futures", "the index", "the bond", "revenue", "guidance")
@@ -192,11 +188,30 @@ def _write_model(staging: Path, texts: Iterable[str], seed: int, shape: dict) ->
     tokenizer = train_tokenizer(texts)
     tokenizer.model_max_length = shape["max_position_embeddings"]
     config = _qwen2_config(len(tokenizer), tokenizer.eos_token_id, shape)
-    torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
+    seeded_init(model, seed, config.initializer_range)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     _write_manifest(staging, seed, shape)
+
+
+def seeded_init(model: torch.nn.Module, seed: int, std: float) -> None:
+    """Every parameter drawn from numpy's PCG64 in name order: norms 1, biases 0, the rest N(0, std).
+
+    torch's own CPU init draws differently on different CPUs (vectorised samplers), which gave the
+    same recipe different weights, and so different fingerprints, on different machines; numpy's
+    generator gives the same numbers everywhere, so adapters trained on one machine load on all.
+    """
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if "norm" in name:
+                values = np.ones(param.shape)
+            elif name.endswith(".bias"):
+                values = np.zeros(param.shape)
+            else:
+                values = rng.normal(0.0, std, param.shape)
+            param.copy_(torch.from_numpy(values.astype(np.float32)))
 
 
 def _qwen2_config(vocab_size: int, eos_id: int, shape: dict) -> Qwen2Config:
