@@ -22,7 +22,7 @@ class AgentsConfig:
     allowed_lateness_s: int = 1_800  # news this far (event time) behind a symbol's ticks still counts
     tick_lateness_ms: int = 0        # ticks may arrive this much out of order; triggers wait as long
     warmup: bool = True              # ask the inference worker to prefill the known head of coming prompts
-    warmup_lead_s: int = 10          # ... of a cadence trigger this long (event time) before it
+    warmup_lead_s: int = 30          # ... of a cadence trigger this long (event time) before it
     max_prompt_chars: int = 6_000    # longer prompts drop their oldest news first (recorded in the request)
     news_grace_ms: int = 500         # without news watermarks, a trigger waits this long (wall) for news
     news_idle_ms: int = 30_000       # watermarks absent this long (wall) count as a feed without them

@@ -31,6 +31,7 @@ from streams.settings import KafkaSettings
 log = logging.getLogger("finllm.inference")
 FETCH_MAX_WAIT_MS = 20  # the broker may hold a fetch this long: it bounds the queue wait of a request
 MAX_QUEUED_WARMUPS = 256   # the oldest warm-ups are dropped beyond this (they only save latency)
+MAX_WARMUP_BATCH = 8       # warm-ups prefilled in one engine call (one step's fixed cost for all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,7 @@ class InferenceWorker:
                     await self._handle(records, producer)
                     await consumer.commit()
                 elif idle_work:
-                    await self._warm_up_next()
+                    await self._warm_up_queued()
         finally:
             stop_registry_watch()
             await consumer.stop()
@@ -203,21 +204,31 @@ class InferenceWorker:
 
     def _queue_warmups(self, requests: list[InferenceRequest]) -> list[InferenceRequest]:
         """Warm-ups (predictive buffering: the known head of a coming trigger's prompt) wait in the warm
-        queue until no forecast request is due, so they never delay one. Returns the forecast requests."""
+        queue until no forecast request is due, so they never delay one; a forecast of the symbol at or
+        after a queued warm-up's time makes it useless (dropped). Returns the forecast requests."""
+        forecasts = [r for r in requests if r.kind != "warmup"]
         if getattr(self.scorer, "prefix_caching", False):
             self.warm_queue.extend(r for r in requests if r.kind == "warmup")
-        return [r for r in requests if r.kind != "warmup"]
+            latest = {}
+            for r in forecasts:
+                latest[r.symbol] = max(r.ts_ns, latest.get(r.symbol, r.ts_ns))
+            if latest:
+                kept = [w for w in self.warm_queue if w.ts_ns > latest.get(w.symbol, w.ts_ns - 1)]
+                self.warm_queue = deque(kept, maxlen=MAX_QUEUED_WARMUPS)
+        return forecasts
 
-    async def _warm_up_next(self) -> None:
-        """Prefill the oldest queued warm-up still in time (its offset is committed: a lost warm-up only
-        costs latency), so that its trigger's prompt finds the head cached; answers nothing."""
-        now_ns = time.time_ns()
-        while self.warm_queue:
+    async def _warm_up_queued(self) -> None:
+        """Prefill the queued warm-ups still in time, at most MAX_WARMUP_BATCH in one engine call (their
+        offsets are committed: a lost warm-up only costs latency), so that each trigger's prompt finds
+        its head cached; answers nothing."""
+        now_ns, batch = time.time_ns(), []
+        while self.warm_queue and len(batch) < MAX_WARMUP_BATCH:
             request = self.warm_queue.popleft()
             if request.deadline_wall_ns > now_ns:
-                await self._score([request])
-                self.warmups += 1
-                return
+                batch.append(request)
+        if batch:
+            await self._score(batch)
+            self.warmups += len(batch)
 
     async def _score_in_time(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
         """Requests that would finish past their deadline (at the measured cost per request) are answered

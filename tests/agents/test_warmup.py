@@ -53,3 +53,31 @@ def test_no_warmups_when_buffering_is_off():
     p = Processor(AgentsConfig(cadence_s=60, warmup=False))
     fire(p, trade(1), trade(55))
     assert p.due_warmup("ACME", 5) is None and p.news_warmups("ACME", T0 + 55 * S, 5) == []
+
+
+def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
+    import asyncio
+    import time
+
+    from inference.engine.scorer import EngineScorer
+    from inference.fusion import FusionPolicy
+    from inference.models import resolve_model_dir
+    from inference.scoring import ScoreItem
+    from inference.worker import InferenceWorker, WorkerConfig
+    from streams.settings import KafkaSettings
+
+    p = Processor(CFG)
+    fire(p, trade(1), trade(52))
+    warm = p.due_warmup("ACME", time.time_ns())
+    request = p.request(next(f for f in fire(p, trade(55), trade(61)) if f.trigger == "cadence"), time.time_ns())
+    scorer = EngineScorer(str(resolve_model_dir(None)))
+    worker = InferenceWorker(KafkaSettings("127.0.0.1:9"), None, scorer, WorkerConfig(), FusionPolicy())
+    assert worker._queue_warmups([warm]) == [] and list(worker.warm_queue) == [warm]
+    asyncio.run(worker._warm_up_queued())                       # what the worker does when nothing is due
+    assert worker.warmups == 1 and not worker.warm_queue
+    blocks = scorer.engine.scheduler.block_manager
+    hits = blocks.prefix_hit_tokens
+    scorer.score([ScoreItem(request.id, request.prompt, None, None)])
+    head_blocks = len(scorer.tokenizer.encode(warm.prompt)) // scorer.engine.config.block_size
+    assert blocks.prefix_hit_tokens - hits == head_blocks * scorer.engine.config.block_size > 0
+    assert worker._queue_warmups([warm, request]) == [request] and not worker.warm_queue   # its trigger came
