@@ -80,9 +80,10 @@ class NewsDedup:
                 self._degrade(error)
             else:
                 self._recover()
-                if found is None:
-                    self.local.record(keys, item.id, ts_ms)
-                return None if found is None else found.decode()
+                if found is not None:
+                    return found.decode()
+                # Redis may have come back empty (a restart keeps nothing): what this process saw still counts
+                return self.local.seen_before(keys, item.id, ts_ms, window_ms)
         self.degraded_checks += 1
         return self.local.seen_before(keys, item.id, ts_ms, window_ms)
 

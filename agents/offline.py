@@ -5,6 +5,7 @@ fires once a later tick arrives), so this is the ground truth for a live replay'
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Iterable, Iterator
 
 from agents.config import AgentsConfig
@@ -30,3 +31,15 @@ def fired_triggers(events: Iterable[tuple[str, dict[str, Any]]], cfg: AgentsConf
                 continue
             for symbol in item.symbols:
                 yield from processor.on_news(item, symbol, 0)
+
+
+def rejected_news(events: Iterable[tuple[str, dict[str, Any]]], news_policy: NewsPolicy | None = None) -> Counter:
+    """Reason -> count of the news in `events` the agents' screen rejects (and dead-letters) on a replay."""
+    news_screen, reasons = LocalNewsScreen(news_policy or NewsPolicy.from_env()), Counter()
+    for kind, row in events:
+        if kind == "news":
+            try:
+                news_screen.admit(NewsItem.from_obj(row))
+            except NewsRejected as rejected:
+                reasons[rejected.reason] += 1
+    return reasons

@@ -7,10 +7,7 @@ import pytest
 
 from agents.config import AgentsConfig
 from agents.demo import DemoOptions, run_demo
-from agents.news_policy import NewsPolicy
-from agents.offline import fired_triggers
-from agents.sanitise import LocalNewsScreen, NewsRejected
-from schemas import NewsItem
+from agents.offline import fired_triggers, rejected_news
 from streams.chaos import malformed_records
 from streams.latest import LatestStore
 from streams.synth import write_synth_tape
@@ -59,20 +56,9 @@ def test_forecasts_are_the_offline_computation(demo_run):
     assert {row["id"]: tuple(row["news_ids"]) for row in frame.iter_rows(named=True)} == offline
 
 
-def screened_out(tape: Tape) -> Counter:
-    """Reasons the agents' news screen rejects the tape's own news for (duplicate headlines, ...)."""
-    news_screen, reasons = LocalNewsScreen(NewsPolicy.from_env()), Counter()
-    for row in tape.news.sort("ts_ns").iter_rows(named=True):
-        try:
-            news_screen.admit(NewsItem.from_obj(row))
-        except NewsRejected as rejected:
-            reasons[rejected.reason] += 1
-    return reasons
-
-
 def test_bad_records_land_in_deadletter_with_their_reason(demo_run):
     tape, _, report = demo_run
-    expected = Counter(reason for _, _, reason in malformed_records(BAD)) + screened_out(tape)
+    expected = Counter(reason for _, _, reason in malformed_records(BAD)) + rejected_news(tape.events())
     assert report["deadletters"] == dict(expected)
 
 

@@ -109,6 +109,19 @@ def test_dedup_without_redis_degrades_to_the_lru_fast(tmp_path):
     assert asyncio.run(dedup_story(NewsDedup(None, 3600))) == EXPECTED
 
 
+def test_a_redis_that_lost_its_keys_does_not_let_a_duplicate_through(redis_url):
+    """Redis restarted empty (it keeps nothing on disk): the story this process saw is still known."""
+    async def main():
+        dedup = NewsDedup.from_url(redis_url, 3600, prefix=f"t{uuid.uuid4().hex[:8]}.")
+        try:
+            assert await dedup.duplicate_of(news("a", "Acme beats estimates")) is None
+            await dedup.client.delete(*dedup.keys(news("a", "Acme beats estimates")))   # what a restart loses
+            return await dedup.duplicate_of(news("b", "Acme beats estimates", minutes=1)), dedup.degraded_checks
+        finally:
+            await dedup.close()
+    assert asyncio.run(main()) == ("a", 0)
+
+
 def test_screen_rejects_duplicates_with_reason():
     async def main():
         screen_ = NewsScreen(NewsPolicy(), NewsDedup(None, 3600))

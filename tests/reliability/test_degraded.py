@@ -15,6 +15,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from agents.offline import rejected_news
 from streams.chaos import malformed_records
 from streams.latest import LatestStore
 from streams.producer import make_producer
@@ -118,8 +119,9 @@ def test_bad_input_and_redis_outage_change_no_forecast(tape, expected, tmp_path)
     got = collector.by_id
     assert set(got) == set(expected)
     assert all(same(f, expected[f.id]) for _, f in collector.copies)
-    # one dead letter per bad record, with the record's bytes (a bad tick inside a bundle is sent alone)
-    assert len(collector.deadletters) == len(records)
+    # one dead letter per bad record, with the record's bytes (a bad tick inside a bundle is sent alone),
+    # and one per news item of the tape the screen rejects (duplicate headlines), Redis outage or not
+    assert len(collector.deadletters) == len(records) + sum(rejected_news(tape.events()).values())
     whole = [(raw, reason) for _, raw, reason in records if b'"bundle"' not in raw]
     assert Counter(d.value for d in collector.deadletters) >= Counter(raw for raw, _ in whole)
     reasons = {d.value: d.reason for d in collector.deadletters}
