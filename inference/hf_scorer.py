@@ -101,10 +101,19 @@ class HFScorer:
         _reject_head_adapters(path)
         if isinstance(self._model, PeftModel):
             self._model.load_adapter(path, adapter_name=name)
+            if not self._adapter_names:   # every earlier adapter was removed: PEFT still names one active
+                self._model.set_adapter(name)
         else:
             self._model = PeftModel.from_pretrained(self._model, path, adapter_name=name)
         self._model.eval()
         self._adapter_names.add(name)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload `name`; its later requests fail like any unknown adapter's. KeyError if not loaded."""
+        if name not in self._adapter_names:
+            raise KeyError(f"adapter {name!r} is not loaded; loaded: {sorted(self._adapter_names)}")
+        self._model.delete_adapter(name)
+        self._adapter_names.discard(name)
 
     def _check_adapters(self, items: Sequence[ScoreItem]) -> None:
         for item in items:
@@ -116,15 +125,17 @@ class HFScorer:
 
     def _adapter_scope(self, adapters: Sequence[str | None]) -> ContextManager:
         """Route each row through its adapter (PEFT's mixed-batch forward hooks)."""
-        if not isinstance(self._model, PeftModel):
-            return contextlib.nullcontext()
+        if not isinstance(self._model, PeftModel) or not self._adapter_names:
+            return contextlib.nullcontext()   # no adapter left (all removed): the base model as it is
         # PEFT exposes mixed batches on forward()/generate(); we call the decoder without
         # the full-vocabulary head, so we enter the same hook scope forward() uses.
         row_names = [name or BASE_ADAPTER for name in adapters]
         return self._model._enable_peft_forward_hooks(adapter_names=row_names)
 
     def _decoder(self) -> torch.nn.Module:
-        causal_lm = self._model.get_base_model() if isinstance(self._model, PeftModel) else self._model
+        # LoRA wraps the causal LM in place (base_model.model); get_base_model() would also look up the
+        # active adapter's config, which is gone once every adapter was removed
+        causal_lm = self._model.base_model.model if isinstance(self._model, PeftModel) else self._model
         return causal_lm.model
 
     # ------------------------------------------------------------ scoring

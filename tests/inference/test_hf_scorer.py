@@ -116,6 +116,23 @@ def test_duplicate_adapter_name_is_rejected(scorer, lora_dirs):
         scorer.load_adapter("alpha", str(lora_dirs["alpha"]))
 
 
+def test_removed_adapter_is_refused_and_the_others_are_unchanged(tiny_model_dir, lora_dirs):
+    own = HFScorer(str(tiny_model_dir), adapters={n: str(p) for n, p in lora_dirs.items()})
+    before = _probs(own.score(_items(PROMPTS, "beta")))
+    own.remove_adapter("alpha")
+    assert own.adapter_names == frozenset({"beta"})
+    with pytest.raises(UnknownAdapterError):
+        own.score(_items(PROMPTS[:1], "alpha"))
+    assert torch.allclose(_probs(own.score(_items(PROMPTS, "beta"))), before, atol=1e-6)
+    own.remove_adapter("beta")
+    assert own.adapter_names == frozenset()
+    assert own.score(_items(PROMPTS[:1]))[0].probs is not None      # the base model still serves
+    with pytest.raises(KeyError):
+        own.remove_adapter("beta")
+    own.load_adapter("alpha", str(lora_dirs["alpha"]))                # and a name can come back
+    assert own.score(_items(PROMPTS[:1], "alpha"))[0].probs is not None
+
+
 def test_adapters_change_the_answer(scorer):
     base, alpha, beta = (_probs(scorer.score(_items(PROMPTS, a))) for a in (None, "alpha", "beta"))
     assert (base - alpha).abs().max() > 1e-3
