@@ -261,15 +261,6 @@ class Processor:
         state.warmed_ns = at_ns
         return self.warmup(symbol, created_wall_ns, at_ns)
 
-    def news_warmups(self, symbol: str, news_ts_ns: int, created_wall_ns: int) -> list[InferenceRequest]:
-        """On news: the next cadence trigger's warm-up again if it went out without this news. (A news
-        trigger is not known ahead: it fires about as soon as its warm-up could, so it gets none.)"""
-        state = self.states.get(symbol)
-        if state is None or state.warmed_ns is None or state.warmed_ns <= news_ts_ns:
-            return []
-        warmup = self.warmup(symbol, created_wall_ns, state.warmed_ns)
-        return [warmup] if warmup is not None else []
-
     def _known_head(self, state: SymbolState, at_ns: int) -> str:
         """The part of the prompt of a trigger at `at_ns` that the market at `at_ns` cannot change: prompts
         built from two unlike probe markets agree up to there (cut back to a whole line)."""

@@ -176,7 +176,7 @@ class Stage:
         symbol = (record.key or b"").decode()
         fired = processor.on_news(item, symbol, wall_ns, record.partition)
         self.recovery.ledger.on_news(record.partition, item.ts_ns, record.offset)
-        return Routed(fired, warmups=processor.news_warmups(symbol, item.ts_ns, time.time_ns()))
+        return Routed(fired)
 
     def route_ticks(self, record: Any, value: bytes, wall_ns: int) -> Routed:
         """One tick (its errors raise: the record is dead-lettered) or a bundle (bad ticks go alone)."""

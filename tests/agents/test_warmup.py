@@ -34,25 +34,10 @@ def test_cadence_warmup_goes_once_within_the_lead_and_heads_the_trigger_prompt()
     assert warm.prompt.endswith("\n") and "Market" not in warm.prompt   # nothing the market at T decides
 
 
-def test_news_after_a_cadence_warmup_sends_it_again_with_the_news():
-    p = Processor(CFG)
-    fire(p, trade(1), trade(20))
-    p.on_news(news("n0", 21, "ACME opens a plant"), "ACME", 0)
-    assert p.news_warmups("ACME", T0 + 21 * S, 5) == []         # the cadence warm-up has not gone out yet
-    fire(p, trade(52))
-    cadence = p.due_warmup("ACME", 5)
-    assert "ACME opens a plant" in cadence.prompt and "ACME wins a contract" not in cadence.prompt
-    p.on_news(news("n1", 53), "ACME", 0)
-    [again] = p.news_warmups("ACME", T0 + 53 * S, 6)
-    assert again.ts_ns == T0 + 60 * S and "ACME wins a contract" in again.prompt
-    fired = fire(p, trade(54), trade(61))
-    assert p.request(next(f for f in fired if f.trigger == "cadence"), 7).prompt.startswith(again.prompt)
-
-
 def test_no_warmups_when_buffering_is_off():
     p = Processor(AgentsConfig(cadence_s=60, warmup=False))
     fire(p, trade(1), trade(55))
-    assert p.due_warmup("ACME", 5) is None and p.news_warmups("ACME", T0 + 55 * S, 5) == []
+    assert p.due_warmup("ACME", 5) is None
 
 
 def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
