@@ -46,7 +46,7 @@ async def restart_broker(services: Services, pipeline: Pipeline) -> float:
     started = time.monotonic()
     await asyncio.to_thread(services.kafka.stop)
     await asyncio.sleep(DOWN_S)
-    await asyncio.to_thread(services.kafka.start)
+    services.kafka.start()   # from this long-lived thread: the child gets SIGTERM when its forking thread exits
     await pipeline.create_topics()
     return time.monotonic() - started
 

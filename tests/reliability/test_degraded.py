@@ -72,7 +72,7 @@ async def inject(pipeline: Pipeline, records: list, key: bytes) -> None:
 async def redis_outage(services: Services) -> None:
     await asyncio.to_thread(services.redis.stop)
     await asyncio.sleep(REDIS_DOWN_S)
-    await asyncio.to_thread(services.redis.start)
+    services.redis.start()   # from this long-lived thread: the child gets SIGTERM when its forking thread exits
 
 
 async def run_degraded(tape, services: Services, pipeline: Pipeline, ids: set[str], records: list) -> Collector:
@@ -89,7 +89,8 @@ async def run_degraded(tape, services: Services, pipeline: Pipeline, ids: set[st
         await replaying
         assert await collector.wait_for(ids, 90.0)
         deadline = time.monotonic() + 30.0
-        while len(collector.deadletters) < len(records) and time.monotonic() < deadline:
+        dead = len(records) + sum(rejected_news(tape.events()).values())
+        while len(collector.deadletters) < dead and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
     finally:
