@@ -15,14 +15,13 @@ large realised move since its latest news (`ret_since_news` of the request) is m
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 
-from schemas import Probs
+from schemas import DIRECTIONS, Probs
 
 FLOOR = 1e-6
 
@@ -115,5 +114,8 @@ def fit_weights(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray,
 
 def fused_logloss(rows: Iterable[tuple[Probs, Probs | None, str]], weights: FusionWeights) -> float:
     """Mean log-loss of the fused forecast over (numeric, llm, realised direction) rows."""
-    losses = [-math.log(max(getattr(fuse(n, m, weights), f"p_{d}"), FLOOR)) for n, m, d in rows]
-    return sum(losses) / len(losses) if losses else float("nan")
+    rows = list(rows)
+    if not rows:
+        return float("nan")
+    fused = np.asarray([fuse(n, m, weights).as_tuple() for n, m, _ in rows])
+    return mean_logloss(fused, np.asarray([DIRECTIONS.index(d) for _, _, d in rows]))

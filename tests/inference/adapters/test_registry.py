@@ -82,14 +82,20 @@ def test_folders_without_a_card_need_a_base_hash(adapter_dir, tmp_path):
         record_from_folder("none", tmp_path)
 
 
+def watching(redis_url: str, topic_prefix: str, scorer, model_dir) -> tuple[AdapterRegistry, RegistryWatch]:
+    """A registry and a watch over it for `scorer`, serving the model in `model_dir`."""
+    registry = AdapterRegistry.from_url(redis_url, topic_prefix)
+    watch = RegistryWatch(registry, scorer, lambda: model_fingerprint(model_dir))
+    watch.model_hash = model_fingerprint(model_dir)
+    return registry, watch
+
+
 def test_watch_loads_refuses_replaces_and_unloads(redis_url, topic_prefix, tiny_model_dir, adapter_dir,
                                                   foreign_dir, caplog):
     scorer = SerializedScorer(EngineScorer(str(tiny_model_dir)))
 
     async def scenario():
-        registry = AdapterRegistry.from_url(redis_url, topic_prefix)
-        watch = RegistryWatch(registry, scorer, lambda: model_fingerprint(tiny_model_dir))
-        watch.model_hash = model_fingerprint(tiny_model_dir)
+        registry, watch = watching(redis_url, topic_prefix, scorer, tiny_model_dir)
         try:
             await registry.register(record_from_folder("toy", adapter_dir))
             await registry.register(record_from_folder("alien", foreign_dir))
@@ -143,9 +149,7 @@ def test_transformers_scorer_hot_loads_and_unloads(redis_url, topic_prefix, tiny
     scorer = SerializedScorer(HFScorer(str(tiny_model_dir)))
 
     async def scenario():
-        registry = AdapterRegistry.from_url(redis_url, topic_prefix)
-        watch = RegistryWatch(registry, scorer, lambda: model_fingerprint(tiny_model_dir))
-        watch.model_hash = model_fingerprint(tiny_model_dir)
+        registry, watch = watching(redis_url, topic_prefix, scorer, tiny_model_dir)
         try:
             await registry.register(record_from_folder("toy", adapter_dir))
             await watch.sync()
