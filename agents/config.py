@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from streams.settings import env_flag
+
 NS_PER_S = 1_000_000_000
 
 
@@ -65,8 +67,7 @@ class AgentsConfig:
                                 ("FINLLM_MAX_PROMPT_CHARS", "max_prompt_chars", int)):
             if env.get(var):
                 kw[name] = cast(env[var])
-        if env.get("FINLLM_WARMUP"):
-            kw["warmup"] = env["FINLLM_WARMUP"].lower() not in ("0", "false", "no", "off")
+        kw["warmup"] = env_flag(env, "FINLLM_WARMUP", True)
         if env.get("FINLLM_ADAPTERS"):
             kw["adapters"] = dict(pair.split(":", 1) for pair in env["FINLLM_ADAPTERS"].split(",") if pair)
         return cls(**kw)

@@ -89,6 +89,9 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     await ensure_topics(kafka.bootstrap, kafka.topics.all())
     env = dict(os.environ, **kafka.env(), FINLLM_REDIS_URL=redis_url, FINLLM_ENGINE=opts.engine,
                FINLLM_AGENTS_APP_ID=f"finllm-agents-{run_id}", FINLLM_INFERENCE_GROUP=f"finllm-inference-{run_id}")
+    # everything runs on this machine: the model's threads leave a core to the broker, agents and replay
+    # (on 2 cores, 2 model threads made a step ~1.7x slower than 1 under their load: bench/RESULTS.md)
+    env.setdefault("FINLLM_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
     if opts.model:
         env["FINLLM_MODEL"] = opts.model
     elif opts.adapters:   # trained for the default model: each symbol's requests name its sector's adapter

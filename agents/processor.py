@@ -261,14 +261,27 @@ class Processor:
         state.warmed_ns = at_ns
         return self.warmup(symbol, created_wall_ns, at_ns)
 
+    def rewarm_after(self, fired: Fired, created_wall_ns: int) -> InferenceRequest | None:
+        """After a news trigger's request: the symbol's coming cadence trigger, if already warmed, has a
+        head without that news, so warm it again. Sent after the news trigger's own request, never
+        before it (that held the engine just as the news trigger came); the news trigger's prompt
+        caches the new news block, so this warm-up only adds the clock line."""
+        state = self.states.get(fired.symbol)
+        if fired.trigger != "news" or state is None or state.warmed_ns is None or state.tick_wm_ns is None:
+            return None
+        if not fired.ts_ns < state.warmed_ns == state.next_cadence_ns():   # its news is in that head
+            return None
+        return self.warmup(fired.symbol, created_wall_ns, state.warmed_ns)
+
     def _known_head(self, state: SymbolState, at_ns: int) -> str:
         """The part of the prompt of a trigger at `at_ns` that the market at `at_ns` cannot change: prompts
-        built from two unlike probe markets agree up to there (cut back to a whole line)."""
+        built from unlike probe markets agree up to there. Cut back to the end of a line or to just before
+        a space, where a word-level tokenizer splits too (the engine reuses the head to the token)."""
         news = state.news_as_of(at_ns)
         prompts = [self._prompt(Fired("", state.symbol, at_ns, "warmup", None, features, news, 0, ret), news)[1]
                    for features, ret in _PROBES]
         common = os.path.commonprefix(prompts)
-        return common[:common.rfind("\n") + 1]
+        return common[:max(common.rfind("\n") + 1, common.rfind(" "), 0)]
 
     def release_all(self, wall_ns: int) -> list[Fired]:
         """For a timer: fire what the wall-clock grace now lets go."""
@@ -297,8 +310,9 @@ class Processor:
             news = news[1:]
 
 
-_PROBES = ((Features(101.0, 0.0123, -0.0456, 2e-4, 11.0, 3, 1.5), 0.05),
-           (Features(57.0, -0.0789, 0.0321, 7e-4, 29.0, 8, None), -0.05))
+_PROBES = ((Features(101.0, 0.0123, -0.0456, 2e-4, 11.0, 3, 1.5), 0.05),       # every market-dependent word
+           (Features(57.0, -0.0789, 0.0321, 7e-4, 29.0, 8, None), -0.05),      # differs in some pair of them
+           (Features(9.0, 0.0, 0.0, 1e-3, 0.0, 0, 0.25), 0.0))
 
 
 def _features(fired: Fired, dropped: int = 0) -> dict[str, float]:

@@ -161,8 +161,12 @@ class Stage:
             await self.reject(record, error, outbox, value=raw)
         if routed.fired:
             await self.send_requests(routed.fired, outbox)
-        for request in routed.warmups:    # a lost warm-up only costs latency: its delivery is not awaited
-            await self.sinks.requests(key=(request.adapter or request.symbol).encode(), value=encode(request))
+        for request in routed.warmups:
+            await self.send_warmup(request)
+
+    async def send_warmup(self, request: InferenceRequest) -> None:
+        """A lost warm-up only costs latency: its delivery is not awaited."""
+        await self.sinks.requests(key=(request.adapter or request.symbol).encode(), value=encode(request))
 
     def route(self, record: Any, value: bytes, wall_ns: int) -> Routed:
         self.recovery.passed(record.topic, record.partition, record.offset)
@@ -215,6 +219,9 @@ class Stage:
                                                             value=encode(request)))
             outbox.futures.append(await self.audit.write(request_payload(request, window_s=cfg.long_window_s,
                                                                          config_digest=self.settings_hash)))
+            warmup = self.processor.rewarm_after(f, time.time_ns())
+            if warmup is not None:
+                await self.send_warmup(warmup)
 
     # dead letters -------------------------------------------------------------------------------
     async def reject(self, record: Any, error: Exception, outbox: Outbox, value: bytes | None = None) -> None:

@@ -26,7 +26,7 @@ from streams.health import mark_ready
 from streams.latest import LatestStore
 from streams.metrics import InferenceMetrics, run_observability
 from streams.producer import DeadLetters, make_producer
-from streams.settings import KafkaSettings
+from streams.settings import KafkaSettings, env_flag
 
 log = logging.getLogger("finllm.inference")
 FETCH_MAX_WAIT_MS = 20  # the broker may hold a fetch this long: it bounds the queue wait of a request
@@ -46,6 +46,8 @@ class WorkerConfig:
     device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
     dtype: str | None = None         # paged engine; None: float64 on CPU (replays give identical forecasts,
                                      # bench/RESULTS.md), bfloat16 on CUDA
+    prefix_caching: bool = True      # paged engine: reuse computed prompt prefixes (warm-ups need it)
+    torch_threads: int | None = None  # CPU threads for the model; None: torch's default (every core)
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -55,7 +57,9 @@ class WorkerConfig:
                    max_batch=int(env.get("FINLLM_MAX_BATCH", default.max_batch)),
                    engine=env.get("FINLLM_ENGINE", default.engine), model_dir=env.get("FINLLM_MODEL") or None,
                    adapters=adapters, device=env.get("FINLLM_DEVICE") or None,
-                   dtype=env.get("FINLLM_ENGINE_DTYPE") or None)
+                   dtype=env.get("FINLLM_ENGINE_DTYPE") or None,
+                   prefix_caching=env_flag(env, "FINLLM_PREFIX_CACHING", default.prefix_caching),
+                   torch_threads=int(env["FINLLM_TORCH_THREADS"]) if env.get("FINLLM_TORCH_THREADS") else None)
 
 
 def build_scorer(cfg: WorkerConfig) -> Scorer:
@@ -66,13 +70,16 @@ def build_scorer(cfg: WorkerConfig) -> Scorer:
     from inference.models import resolve_model_dir
 
     model_dir = str(resolve_model_dir(cfg.model_dir))
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     adapters = dict(cfg.adapters)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.engine == "paged":
         from inference.engine.config import EngineConfig
         from inference.engine.scorer import EngineScorer
         dtype = cfg.dtype or ("float64" if device == "cpu" else "bfloat16")
-        return EngineScorer(model_dir, adapters=adapters, device=device, config=EngineConfig(dtype=dtype))
+        config = EngineConfig(dtype=dtype, enable_prefix_caching=cfg.prefix_caching)
+        return EngineScorer(model_dir, adapters=adapters, device=device, config=config)
     if cfg.engine == "hf":
         from inference.hf_scorer import HFScorer
         return HFScorer(model_dir, device=device, max_batch=cfg.max_batch, adapters=adapters)

@@ -8,6 +8,14 @@ from typing import Any
 
 from streams.topics import DEFAULT_PARTITIONS, Topics
 
+OFF_WORDS = ("0", "false", "no", "off")
+
+
+def env_flag(env: dict[str, str] | Any, name: str, default: bool) -> bool:
+    """A yes/no setting: unset or empty gives `default`; 0/false/no/off (any case) is off, anything else on."""
+    value = env.get(name)
+    return default if not value else value.lower() not in OFF_WORDS
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:

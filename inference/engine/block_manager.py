@@ -1,13 +1,18 @@
 """Per-request block tables over the `BlockPool`, with prefix caching. No torch.
 
 Prefix caching: every full block is named by a chained hash of (parent hash, adapter,
-its token ids), so a hit means the whole prefix and the adapter match. The scheduler
-asks `can_allocate` and then calls `allocate`; policy stays in the scheduler.
+its token ids), so a hit means the whole prefix and the adapter match. A request freed
+with its computed tokens ending mid-block leaves that block as a partial entry named by
+what precedes it; a later request whose tokens go on from the same full blocks with the
+same first tokens takes the block over and writes its own tokens after them (a warm-up
+of a prompt's head saves the head's last partial block). The scheduler asks
+`can_allocate` and then calls `allocate`; policy stays in the scheduler.
 """
 from __future__ import annotations
 
 import hashlib
 from array import array
+from dataclasses import dataclass
 
 from inference.engine.block_pool import BlockPool
 from inference.engine.sequence import Request
@@ -22,6 +27,25 @@ def hash_block(parent_hash: bytes, adapter_key: str, token_ids: list[int]) -> by
 
 def adapter_key(request: Request) -> str:
     return "" if request.adapter is None else f"{request.adapter}@{request.adapter_version}"
+
+
+def partial_key(parent_hash: bytes, adapter: str) -> bytes:
+    """Names a partial block by the full blocks before it, hashing the adapter in again
+    because an empty chain (a partial first block) does not name it."""
+    return hash_block(parent_hash, adapter, [])
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPrefix:
+    """What an admitted request starts from: shared full blocks, maybe a taken-over partial
+    block last; `num_tokens` counts the tokens they hold, `full_hash` names the full blocks."""
+
+    blocks: tuple[int, ...] = ()
+    num_tokens: int = 0
+    full_hash: bytes = b""
+
+
+NO_PREFIX = CachedPrefix()
 
 
 class BlockManager:
@@ -40,44 +64,50 @@ class BlockManager:
     def num_blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def find_cached_prefix(self, request: Request) -> list[int]:
-        """Blocks holding the longest cached prefix, leaving at least one token to compute."""
+    def find_cached_prefix(self, request: Request) -> CachedPrefix:
+        """The longest cached prefix, leaving at least one token to compute."""
         if not self.enable_prefix_caching:
-            return []
-        max_blocks = (request.num_tokens - 1) // self.block_size
-        tokens, key, parent = request.token_ids, adapter_key(request), b""
-        found: list[int] = []
-        for i in range(max_blocks):
-            parent = hash_block(parent, key, tokens[i * self.block_size:(i + 1) * self.block_size])
-            block_id = self.pool.lookup(parent)
+            return NO_PREFIX
+        bs, tokens, key = self.block_size, request.token_ids, adapter_key(request)
+        blocks: list[int] = []
+        parent = b""
+        for i in range((request.num_tokens - 1) // bs):
+            block_hash = hash_block(parent, key, tokens[i * bs:(i + 1) * bs])
+            block_id = self.pool.lookup(block_hash)
             if block_id is None:
                 break
-            found.append(block_id)
-        return found
+            blocks.append(block_id)
+            parent = block_hash
+        start = len(blocks) * bs
+        partial = self.pool.lookup_partial(partial_key(parent, key))
+        if partial is not None:
+            end = start + len(partial.token_ids)
+            if end < request.num_tokens and tokens[start:end] == list(partial.token_ids):
+                return CachedPrefix((*blocks, partial.block_id), end, parent)
+        return CachedPrefix(tuple(blocks), start, parent)
 
-    def record_prefix_query(self, request: Request, cached_blocks: list[int]) -> None:
+    def record_prefix_query(self, request: Request, cached: CachedPrefix) -> None:
         self.prefix_query_tokens += request.num_tokens
-        self.prefix_hit_tokens += len(cached_blocks) * self.block_size
+        self.prefix_hit_tokens += cached.num_tokens
 
-    def num_new_blocks(self, request: Request, num_new_tokens: int, cached_blocks: list[int]) -> int:
-        held = len(self.block_table(request.request_id)) + len(cached_blocks)
-        total = request.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
+    def num_new_blocks(self, request: Request, num_new_tokens: int, cached: CachedPrefix = NO_PREFIX) -> int:
+        held = len(self.block_table(request.request_id)) + len(cached.blocks)
+        total = request.num_computed_tokens + cached.num_tokens + num_new_tokens
         return max(self.num_blocks_for(total) - held, 0)
 
-    def can_allocate(self, request: Request, num_new_tokens: int, cached_blocks: list[int] = ()) -> bool:
-        reclaimed = sum(1 for b in cached_blocks if self.pool.ref_counts[b] == 0)
-        needed = self.num_new_blocks(request, num_new_tokens, list(cached_blocks))
+    def can_allocate(self, request: Request, num_new_tokens: int, cached: CachedPrefix = NO_PREFIX) -> bool:
+        reclaimed = sum(1 for b in cached.blocks if self.pool.ref_counts[b] == 0)
+        needed = self.num_new_blocks(request, num_new_tokens, cached)
         return needed <= self.pool.num_free - reclaimed
 
-    def allocate(self, request: Request, num_new_tokens: int, cached_blocks: list[int] = ()) -> None:
+    def allocate(self, request: Request, num_new_tokens: int, cached: CachedPrefix = NO_PREFIX) -> None:
         """Give the request blocks for `num_new_tokens` more tokens after its cached prefix."""
-        cached_blocks = list(cached_blocks)
-        needed = self.num_new_blocks(request, num_new_tokens, cached_blocks)
+        needed = self.num_new_blocks(request, num_new_tokens, cached)
         table = self.block_tables.setdefault(request.request_id, [])
-        if cached_blocks:
-            self.pool.touch(cached_blocks)
-            table.extend(cached_blocks)
-            self.hashed_prefix[request.request_id] = (len(cached_blocks), self._chain_hash(request, len(cached_blocks)))
+        if cached.blocks:
+            self.pool.touch(list(cached.blocks))
+            table.extend(cached.blocks)
+            self.hashed_prefix[request.request_id] = (cached.num_tokens // self.block_size, cached.full_hash)
         table.extend(self.pool.allocate(needed))
 
     def cache_full_blocks(self, request: Request) -> None:
@@ -95,13 +125,16 @@ class BlockManager:
         self.hashed_prefix[request.request_id] = (num_full, parent)
 
     def free(self, request: Request) -> None:
-        """Release every block of the request, tail first so prefix blocks stay cached longest."""
-        table = self.block_tables.pop(request.request_id, [])
-        self.hashed_prefix.pop(request.request_id, None)
-        self.pool.release(list(reversed(table)))
+        """Release every block of the request, tail first so prefix blocks stay cached longest.
 
-    def _chain_hash(self, request: Request, num_blocks: int) -> bytes:
-        tokens, key, parent = request.token_ids, adapter_key(request), b""
-        for i in range(num_blocks):
-            parent = hash_block(parent, key, tokens[i * self.block_size:(i + 1) * self.block_size])
-        return parent
+        Computed tokens ending mid-block leave that block as a partial entry, if the full
+        blocks before it are named (else no lookup could reach it). `num_computed_tokens`,
+        not `num_tokens`: a generation's last sampled token has no KV yet.
+        """
+        table = self.block_tables.pop(request.request_id, [])
+        num_hashed, parent = self.hashed_prefix.pop(request.request_id, (0, b""))
+        num_full, num_partial = divmod(request.num_computed_tokens, self.block_size)
+        if self.enable_prefix_caching and num_partial and num_hashed == num_full < len(table):
+            tokens = request.token_ids[num_full * self.block_size:request.num_computed_tokens]
+            self.pool.cache_partial(table[num_full], partial_key(parent, adapter_key(request)), tokens)
+        self.pool.release(list(reversed(table)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from inference.engine.block_manager import BlockManager
+from inference.engine.block_manager import BlockManager, CachedPrefix
 from inference.engine.config import EngineConfig
 from inference.engine.sequence import Request, RequestKind, RequestStatus
 
@@ -151,8 +151,7 @@ class Scheduler:
             if not self._adapter_fits(request, adapters):
                 continue
             cached = self.block_manager.find_cached_prefix(request)
-            num_cached_tokens = len(cached) * self.config.block_size
-            num_new = min(request.num_tokens - num_cached_tokens, budget)
+            num_new = min(request.num_tokens - cached.num_tokens, budget)
             if not self.block_manager.can_allocate(request, num_new, cached):
                 return
             self._admit(request, cached, num_new, out)
@@ -165,10 +164,10 @@ class Scheduler:
             return True
         return len(adapters) < self.config.max_adapter_slots
 
-    def _admit(self, request: Request, cached: list[int], num_new: int, out: SchedulerOutput) -> None:
+    def _admit(self, request: Request, cached: CachedPrefix, num_new: int, out: SchedulerOutput) -> None:
         self.block_manager.record_prefix_query(request, cached)
         self.block_manager.allocate(request, num_new, cached)
-        request.num_cached_tokens = len(cached) * self.config.block_size
+        request.num_cached_tokens = cached.num_tokens
         request.num_computed_tokens = request.num_cached_tokens
         request.status = RequestStatus.RUNNING
         self.waiting.remove(request)

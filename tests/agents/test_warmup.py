@@ -31,7 +31,68 @@ def test_cadence_warmup_goes_once_within_the_lead_and_heads_the_trigger_prompt()
     fired = fire(p, trade(55, 101.0), trade(61, 102.0))
     request = p.request(next(f for f in fired if f.ts_ns == T0 + 60 * S), 7)
     assert request.prompt.startswith(warm.prompt) and "Now 2026-01-05 14:31:00" in warm.prompt
-    assert warm.prompt.endswith("\n") and "Market" not in warm.prompt   # nothing the market at T decides
+    assert warm.prompt.endswith("Market: ret1")                 # nothing the market at T decides (no news here)
+
+
+def test_warmup_head_ends_where_the_market_at_t_starts():
+    p = Processor(CFG)
+    fire(p, trade(1), trade(30))
+    p.on_news(news("n1", 31), "ACME", 0)
+    fire(p, trade(50.5))
+    warm = p.due_warmup("ACME", 5)
+    fired = fire(p, trade(55, 101.0), trade(61, 102.0))
+    request = p.request(next(f for f in fired if f.ts_ns == T0 + 60 * S), 7)
+    assert request.prompt.startswith(warm.prompt) and "ACME wins a contract" in warm.prompt
+    assert "News weights: 0.97.\n" in warm.prompt                # the news's weight and age at T are known ahead
+    assert warm.prompt.endswith("Latest news under a minute ago; price since then")
+    tail = request.prompt[len(warm.prompt):]                    # the move since the news, the market, the question
+    assert tail.startswith(" ") and tail.count("\n") == 2 and "Market: ret1" in tail
+
+
+def test_news_after_the_warmup_warms_the_coming_cadence_trigger_again():
+    p = Processor(CFG)
+    fire(p, trade(1), trade(50.5))
+    first = p.due_warmup("ACME", 5)
+    assert "ACME wins a contract" not in first.prompt
+    p.on_news(news("n1", 52), "ACME", 0)
+    fired = fire(p, trade(53, 101.0))
+    news_trigger = next(f for f in fired if f.trigger == "news")
+    again = p.rewarm_after(news_trigger, 6)
+    assert again.kind == "warmup" and again.ts_ns == first.ts_ns and "ACME wins a contract" in again.prompt
+    cadence = next(f for f in fire(p, trade(61, 102.0)) if f.trigger == "cadence")
+    assert p.request(cadence, 7).prompt.startswith(again.prompt)
+    assert p.rewarm_after(cadence, 8) is None                   # only news triggers
+    assert p.rewarm_after(news_trigger, 9) is None              # that cadence trigger has fired
+
+
+def test_news_before_any_warmup_sends_none():
+    p = Processor(CFG)
+    fire(p, trade(1), trade(20))
+    p.on_news(news("n1", 21), "ACME", 0)
+    news_trigger = next(f for f in fire(p, trade(22)) if f.trigger == "news")
+    assert p.rewarm_after(news_trigger, 5) is None
+
+
+def test_worker_without_prefix_caching_drops_warmups(monkeypatch):
+    """FINLLM_PREFIX_CACHING=0 (the benchmark's unbuffered baseline): nothing is cached, so warm-ups are not
+    queued; forecasts pass through."""
+    import time
+
+    from inference.fusion import FusionPolicy
+    from inference.worker import InferenceWorker, WorkerConfig, build_scorer
+    from streams.settings import KafkaSettings
+
+    monkeypatch.setenv("FINLLM_PREFIX_CACHING", "off")
+    monkeypatch.setenv("FINLLM_ENGINE", "paged")
+    cfg = WorkerConfig.from_env()
+    scorer = build_scorer(cfg)
+    assert not cfg.prefix_caching and not scorer.engine.config.enable_prefix_caching
+    p = Processor(CFG)
+    fire(p, trade(1), trade(52))
+    warm = p.due_warmup("ACME", time.time_ns())
+    request = p.request(next(f for f in fire(p, trade(55), trade(61)) if f.trigger == "cadence"), time.time_ns())
+    worker = InferenceWorker(KafkaSettings("127.0.0.1:9"), None, scorer, cfg, FusionPolicy())
+    assert worker._queue_warmups([warm, request]) == [request] and not worker.warm_queue
 
 
 def test_no_warmups_when_buffering_is_off():
@@ -63,6 +124,6 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
     blocks = scorer.engine.scheduler.block_manager
     hits = blocks.prefix_hit_tokens
     scorer.score([ScoreItem(request.id, request.prompt, None, None)])
-    head_blocks = len(scorer.tokenizer.encode(warm.prompt)) // scorer.engine.config.block_size
-    assert blocks.prefix_hit_tokens - hits == head_blocks * scorer.engine.config.block_size > 0
+    head_tokens = len(scorer.tokenizer.encode(warm.prompt))     # all of them: the head's partial last block too
+    assert blocks.prefix_hit_tokens - hits == head_tokens > scorer.engine.config.block_size
     assert worker._queue_warmups([warm, request]) == [request] and not worker.warm_queue   # its trigger came

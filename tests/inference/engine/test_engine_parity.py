@@ -79,3 +79,35 @@ def test_parity_score_labels_and_stop_tokens(tiny_checkpoint, reference):
     assert list(outputs["g"].output_token_ids) == expected[:expected.index(stop) + 1]
     theirs = reference.last_logits(tokens, "c")[[7, 9, 11]]
     assert (torch.tensor(outputs["s"].label_logits) - theirs).abs().max().item() <= 1e-4
+
+
+def _run(engine: Engine, request_id: str, tokens: list[int], adapter: str | None, **kwargs):
+    kind = RequestKind.GENERATE if "max_new_tokens" in kwargs else RequestKind.SCORE
+    engine.add_request(request_id, tokens, kind, adapter=adapter, **kwargs)
+    [output] = engine.run_until_done()
+    return output
+
+
+@pytest.mark.parametrize("adapter, dtype, atol", [(None, "float32", 1e-4), ("b", "float32", 1e-4),
+                                                  ("b", "float64", 1e-12)])   # float64: 0.0 seen
+def test_head_warm_up_then_head_plus_tail_matches_no_prefix_caching(tiny_checkpoint, adapter, dtype, atol):
+    """A warm-up of a prompt's head leaves its partial last block; head + tail takes it over."""
+    cached = make_engine(tiny_checkpoint, block_size=16, num_blocks=32, dtype=dtype)
+    plain = make_engine(tiny_checkpoint, block_size=16, num_blocks=32, dtype=dtype, enable_prefix_caching=False)
+    labels = list(range(cached.model.config.vocab_size))
+    rng = random.Random(3)
+    for head_len in (1, 15, 16, 17, 37):
+        head = [rng.randrange(300) for _ in range(head_len)]
+        for kind, kwargs in (("s", {"label_token_ids": labels}), ("g", {"max_new_tokens": 6})):
+            tokens = head + [rng.randrange(300) for _ in range(20)]
+            _run(cached, f"warm-{kind}{head_len}", head, adapter, label_token_ids=[1])
+            ours = _run(cached, f"{kind}{head_len}", tokens, adapter, **kwargs)
+            theirs = _run(plain, f"{kind}{head_len}", tokens, adapter, **kwargs)
+            assert (ours.num_cached_tokens, theirs.num_cached_tokens) == (head_len, 0), (head_len, kind)
+            assert ours.output_token_ids == theirs.output_token_ids, (head_len, kind)
+            if kind == "s":
+                ours_logits, theirs_logits = torch.tensor(ours.label_logits), torch.tensor(theirs.label_logits)
+                assert torch.allclose(ours_logits, theirs_logits, rtol=0, atol=atol), head_len
+    assert cached.metrics()["kv_blocks_used"] == 0
+    other = _run(cached, "other-adapter", head + [1, 2, 3], "c", label_token_ids=[1])
+    assert other.num_cached_tokens == 0

@@ -4,6 +4,8 @@ from inference.engine.config import EngineConfig
 from inference.engine.scheduler import Scheduler, SchedulerOutput, StepResult
 from inference.engine.sequence import Request, RequestKind, RequestStatus
 
+from .test_block_manager import assert_consistent
+
 S = 1_000_000_000
 
 
@@ -142,3 +144,113 @@ def test_fuzz_random_requests_and_aborts_never_hang_and_free_every_block():
     assert sched.block_manager.pool.num_free == 24
     assert all(count == 0 for count in sched.block_manager.pool.ref_counts)
     assert sched.num_preemptions > 0
+
+
+# partial-block prefix reuse --------------------------------------------------
+
+class FakeKV:
+    """Stands in for the KV cache: each slot remembers which (adapter, prefix) wrote it, and
+    every chunk checks that the slots of its context hold its own prefix."""
+
+    def __init__(self, sched: Scheduler) -> None:
+        self.sched = sched
+        self.slots: dict[int, tuple] = {}
+
+    def run(self, out: SchedulerOutput) -> None:
+        bs = self.sched.config.block_size
+        for chunk in out.chunks:
+            request = chunk.request
+            table, tokens = self.sched.block_manager.block_table(request.request_id), request.token_ids
+            slot = lambda p: table[p // bs] * bs + p % bs  # noqa: E731
+            for p in range(chunk.start):
+                assert self.slots.get(slot(p)) == (request.adapter, tuple(tokens[:p + 1])), (request.request_id, p)
+            for p in range(chunk.start, chunk.start + chunk.num_new_tokens):
+                self.slots[slot(p)] = (request.adapter, tuple(tokens[:p + 1]))
+
+
+def checked_step(sched: Scheduler, kv: FakeKV, now_ns: int = 0):
+    out = sched.schedule(now_ns)
+    kv.run(out)
+    finished = sched.update(out, fake_results(out), now_ns)
+    assert_consistent(sched.block_manager)
+    return out, finished
+
+
+def drain(sched: Scheduler, kv: FakeKV, now_ns: int = 0) -> None:
+    while sched.has_unfinished():
+        checked_step(sched, kv, now_ns)
+
+
+def warmed_scheduler(head_len: int) -> tuple[Scheduler, FakeKV]:
+    """A scheduler (blocks of 16) that has scored the warm-up `range(head_len)`."""
+    sched = Scheduler(EngineConfig(block_size=16, num_blocks=16))
+    kv = FakeKV(sched)
+    sched.add(score("head", head_len))
+    drain(sched, kv)
+    return sched, kv
+
+
+def test_head_plus_tail_starts_where_the_warm_up_of_its_head_stopped():
+    sched, kv = warmed_scheduler(37)
+    sched.add(score("full", 57))                  # tokens 0..56: the head, then 20 more
+    out, _ = checked_step(sched, kv)
+    [chunk] = out.chunks
+    assert (chunk.start, chunk.num_new_tokens, chunk.request.num_cached_tokens) == (37, 20, 37)
+    assert sched.block_manager.prefix_hit_tokens == 37
+    assert sched.block_manager.pool.num_free == 16
+
+
+def test_two_requests_with_one_head_admitted_together_only_the_first_takes_the_partial_block():
+    sched, kv = warmed_scheduler(37)
+    sched.add(score("a", 57, arrival_ns=1))
+    sched.add(score("b", 60, arrival_ns=2))
+    out, _ = checked_step(sched, kv)
+    assert [(c.request.request_id, c.start) for c in out.chunks] == [("a", 37), ("b", 32)]
+    drain(sched, kv)
+    assert sched.block_manager.pool.num_free == 16
+
+
+def test_abort_and_preemption_after_a_partial_hit_keep_the_free_count():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=8, max_num_batched_tokens=4))
+    kv = FakeKV(sched)
+    sched.add(score("head", 6))
+    drain(sched, kv)
+    sched.add(score("a", 14))                     # takes over the head's partial block, 8 tokens left
+    out, _ = checked_step(sched, kv)
+    assert out.chunks[0].start == 6
+    assert sched.abort("a", 0) is not None
+    assert_consistent(sched.block_manager)
+    assert sched.block_manager.pool.num_free == 8
+    sched.add(generate("g", 9, max_new=12, arrival_ns=1, deadline_ns=10 * S))
+    sched.add(generate("h", 7, max_new=12, arrival_ns=2, deadline_ns=20 * S))
+    preempted = []
+    while sched.has_unfinished():
+        out, _ = checked_step(sched, kv)
+        preempted += out.preempted
+    assert preempted and sched.block_manager.pool.num_free == 8
+
+
+def test_fuzz_warm_ups_then_extensions_with_preemption_and_aborts():
+    rng = random.Random(2)
+    config = EngineConfig(block_size=4, num_blocks=20, max_num_batched_tokens=24, max_num_seqs=6)
+    sched = Scheduler(config)
+    kv = FakeKV(sched)
+    heads = [([rng.randrange(3) for _ in range(rng.randrange(1, 14))], rng.choice([None, "x"])) for _ in range(6)]
+    partial_hits = 0
+    for i in range(1500):
+        head, adapter = rng.choice(heads)
+        tokens = head + [rng.randrange(3) for _ in range(rng.randrange(0, 12) if rng.random() < 0.7 else 0)]
+        if rng.random() < 0.5:
+            request = Request(str(i), tokens, RequestKind.SCORE, i, adapter=adapter, label_token_ids=(1,))
+        else:
+            request = Request(str(i), tokens, RequestKind.GENERATE, i, adapter=adapter,
+                              max_new_tokens=rng.randrange(1, 20))
+        sched.add(request)
+        if rng.random() < 0.1:
+            sched.abort(str(rng.randrange(i + 1)), now_ns=i)
+            assert_consistent(sched.block_manager)
+        out, _ = checked_step(sched, kv, now_ns=i)
+        partial_hits += sum(1 for c in out.chunks if c.start == c.request.num_cached_tokens and c.start % 4)
+    drain(sched, kv, now_ns=10**6)
+    assert sched.block_manager.pool.num_free == 20
+    assert sched.num_preemptions > 0 and partial_hits > 50
