@@ -19,8 +19,8 @@ from streams.tape import Tape
 
 NS_PER_S = 1_000_000_000
 MAX_SLEEP_S = 1.0
-WATERMARK_EVERY_NS = NS_PER_S          # at most one news watermark a second of event time ...
-WATERMARK_MIN_GAP_S = 0.05             # ... and 20 a second of wall time (fast replays need few)
+WATERMARK_EVERY_NS = NS_PER_S          # a news watermark as event time enters each new second ...
+WATERMARK_MIN_GAP_S = 0.02             # ... at most 50 a second of wall time (fast replays need few)
 WATERMARK_SOURCE = "replay"
 PACED_LINGER_MS = 2      # a paced replay is a live feed: a record (a news watermark above all) goes out at once
 MAX_LINGER_MS = 20       # as fast as possible: fuller produce batches
@@ -74,8 +74,7 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
         for kind, row in tape.events():
             ts_ns = row.get("ts_ns")
             await pacer.wait(ts_ns)
-            if isinstance(ts_ns, int) and (marked_ns is None or (ts_ns - marked_ns >= WATERMARK_EVERY_NS and
-                                                                 time.monotonic() - marked_at >= WATERMARK_MIN_GAP_S)):
+            if isinstance(ts_ns, int) and _marks(ts_ns, marked_ns, marked_at):
                 await _news_watermark(producer, topics.news, news_partitions, ts_ns)
                 marked_ns, marked_at = ts_ns, time.monotonic()
             for key, value in bundler.due(ts_ns):
@@ -100,6 +99,16 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
         observing.cancel()
         await asyncio.gather(observing, return_exceptions=True)
     return ReplayStats(counts["tick"], counts["news"], time.monotonic() - started, pacer.max_lag_s)
+
+
+def _marks(ts_ns: int, marked_ns: int | None, marked_at: float) -> bool:
+    """Whether a news watermark goes out before the event at `ts_ns`: on entering a new second of event
+    time (so a cadence trigger's first later tick goes out with the mark that releases it), at most
+    every WATERMARK_MIN_GAP_S of wall time."""
+    if marked_ns is None:
+        return True
+    return (ts_ns // WATERMARK_EVERY_NS > marked_ns // WATERMARK_EVERY_NS
+            and time.monotonic() - marked_at >= WATERMARK_MIN_GAP_S)
 
 
 async def _news_watermark(producer: Any, topic: str, partitions: list[int], ts_ns: int) -> None:
