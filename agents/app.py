@@ -74,7 +74,8 @@ def create_app(kafka: KafkaSettings, cfg: AgentsConfig, *, web_port: int, app_id
         mark_ready()
 
     app.service(Intake(kafka, app_id, [topics.news, topics.ticks, topics.symbol_news], stage.handle, assigned,
-                       session_timeout_s=SESSION_TIMEOUT_S, rebalance_timeout_s=REBALANCE_TIMEOUT_S))
+                       session_timeout_s=SESSION_TIMEOUT_S, rebalance_timeout_s=REBALANCE_TIMEOUT_S,
+                       hold_back=stage.hold_back))
 
     @app.timer(RELEASE_INTERVAL_S)
     async def release() -> None:

@@ -32,15 +32,18 @@ Batch = dict[TopicPartition, list[Any]]
 
 
 class Intake(Service):
-    """Consumes `topics` in group `group_id`; `handle(batch)` processes a batch and awaits its outputs;
-    `on_assigned(partitions by topic)` runs after each rebalance."""
+    """Consumes `topics` in group `group_id`; `handle(batch)` processes a batch and awaits its outputs (it
+    may return {partition: offset} for partitions it left early: those are committed and read again from
+    there); `on_assigned(partitions by topic)` runs after each rebalance; the (topic, partition)s
+    `hold_back()` names after a batch are paused until it no longer names them."""
 
-    def __init__(self, kafka: KafkaSettings, group_id: str, topics: list[str], handle: Callable[[Batch], Awaitable[None]],
+    def __init__(self, kafka: KafkaSettings, group_id: str, topics: list[str], handle: Callable[[Batch], Awaitable[dict | None]],
                  on_assigned: Callable[[dict[str, list[int]]], None], *, session_timeout_s: float,
-                 rebalance_timeout_s: float, **kwargs: Any) -> None:
+                 rebalance_timeout_s: float, hold_back: Callable[[], set[tuple[str, int]]] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kafka, self.group_id, self.topics = kafka, group_id, topics
-        self.handle, self.on_assigned = handle, on_assigned
+        self.handle, self.on_assigned, self.hold_back = handle, on_assigned, hold_back
         self.session_timeout_ms, self.rebalance_timeout_ms = int(session_timeout_s * 1e3), int(rebalance_timeout_s * 1e3)
         self.consumer: AIOKafkaConsumer | None = None
         self.stopping = asyncio.Event()
@@ -77,18 +80,33 @@ class Intake(Service):
                 if batch:
                     self.idle.clear()
                     try:
-                        await self.handle(batch)
-                        await self._commit(batch)
+                        stopped = await self.handle(batch) or {}
+                        await self._commit(batch, stopped)
+                        for tp, offset in stopped.items():     # read again from there once resumed
+                            self.consumer.seek(tp, offset)
                     finally:
                         self.idle.set()
+                self._align()
         finally:
             self.loop_done.set()
 
-    async def _commit(self, batch: Batch) -> None:
-        """Offsets after the batch; a rebalance in between makes the commit fail, and the partition's
-        next owner replays the batch (at least once)."""
+    def _align(self) -> None:
+        """Pause the partitions `hold_back` names (and only those): their records wait in Kafka."""
+        if self.hold_back is None:
+            return
+        assigned = self.consumer.assignment()
+        wanted, paused = {TopicPartition(*tp) for tp in self.hold_back()} & assigned, self.consumer.paused()
+        if wanted - paused:
+            log.debug("pausing %s: ahead of the news stream", sorted(str(tp) for tp in wanted - paused))
+            self.consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self.consumer.resume(*((paused - wanted) & assigned))
+
+    async def _commit(self, batch: Batch, stopped: dict[TopicPartition, int]) -> None:
+        """Offsets after the batch (or where `handle` stopped a partition); a rebalance in between makes
+        the commit fail, and the partition's next owner replays the batch (at least once)."""
         try:
-            await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+            await self.consumer.commit({tp: stopped.get(tp, records[-1].offset + 1) for tp, records in batch.items()})
         except (CommitFailedError, KafkaError) as error:
             log.warning("commit after a batch failed (%s): its records will be processed again", error)
 

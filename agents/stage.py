@@ -32,6 +32,7 @@ log = logging.getLogger("finllm.agents")
 NS_PER_S = 1_000_000_000
 MAX_AHEAD_OF_WALL_NS = 86_400 * NS_PER_S       # event time a day past the wall clock: a broken clock
 MAX_TICK_GAP_NS = 7 * 86_400 * NS_PER_S        # a symbol silent this long starts a new session
+ALIGN_AHEAD_S = 120      # a partition's ticks may run this far ahead of its oldest trigger waiting for news
 
 
 class EventGuard:
@@ -112,15 +113,29 @@ class Stage:
         self.guard = EventGuard()
         self.topic_label = {t: t.removeprefix(topics.prefix) for t in topics.all()}
 
-    async def handle(self, batch: dict[Any, list[Any]]) -> None:
-        """Every record of a batch, then every output delivered (raises if one is not)."""
-        outbox = Outbox(self.recovery)
-        for tp, records in batch.items():
+    async def handle(self, batch: dict[Any, list[Any]]) -> dict[Any, int]:
+        """Every record of a batch, then every output delivered (raises if one is not). A ticks partition
+        whose symbol ran too far ahead of the news stream (`Processor.ahead`) is left after that record:
+        returns {partition: offset of its first record not handled}, to be read again once it resumes."""
+        outbox, stopped = Outbox(self.recovery), {}
+        for tp, records in sorted(batch.items(), key=lambda item: item[0].topic == self.topics.ticks):
+            # symbol-news before ticks: a batch's news is in place before the ticks that follow it read it
             self.metrics.events_in.labels(self.topic_label.get(tp.topic, "other")).inc(len(records))
             on_record = self.route_news if tp.topic == self.topics.news else self.on_record
-            for record in records:
-                await on_record(record, outbox)
+            for i, record in enumerate(records):
+                if await on_record(record, outbox) and i + 1 < len(records):
+                    stopped[tp] = records[i + 1].offset
+                    break
         await outbox.flush()
+        return stopped
+
+    @property
+    def align_bound_ns(self) -> int:
+        return min(ALIGN_AHEAD_S, self.cfg.allowed_lateness_s // 2) * NS_PER_S
+
+    def hold_back(self) -> set[tuple[str, int]]:
+        """(topic, partition) of the tick partitions to pause: too far ahead of the news stream."""
+        return {(self.topics.ticks, p) for p in self.processor.partitions_ahead(self.align_bound_ns, time.time_ns())}
 
     async def release(self) -> None:
         """For a timer: triggers waiting for news that no watermark announces go after the grace period."""
@@ -148,7 +163,8 @@ class Stage:
             outbox.futures.append(await self.sinks.symbol_news(key=symbol.encode(), value=value))
 
     # ticks and symbol-news -> processor -> requests ---------------------------------------------
-    async def on_record(self, record: Any, outbox: Outbox) -> None:
+    async def on_record(self, record: Any, outbox: Outbox) -> bool:
+        """Handles one ticks or symbol-news record; True when its partition should pause after it."""
         if record.partition not in self.recovery.seen:
             await self.send_requests(await self.recovery.rebuild(record.partition, self.processor,
                                                                  feed=self.replayed), outbox)
@@ -156,13 +172,14 @@ class Stage:
             routed = self.route(record, record.value, time.time_ns())
         except (SchemaError, LateEventError) as error:
             await self.reject(record, error, outbox)
-            return
+            return False
         for raw, error in routed.rejects:   # bad ticks inside a bundle, one dead letter each
             await self.reject(record, error, outbox, value=raw)
         if routed.fired:
             await self.send_requests(routed.fired, outbox)
         for request in routed.warmups:
             await self.send_warmup(request)
+        return routed.ahead
 
     async def send_warmup(self, request: InferenceRequest) -> None:
         """A lost warm-up only costs latency: its delivery is not awaited."""
@@ -196,6 +213,8 @@ class Stage:
                 routed.rejects.append((encode(tick), error))
                 continue
             ledger.on_tick(tick.symbol, tick.ts_ns, record.offset)
+        if ticks:
+            routed.ahead = processor.ahead(ticks[-1].symbol, self.align_bound_ns, wall_ns)
         warmup = processor.due_warmup(ticks[-1].symbol, time.time_ns()) if ticks else None
         if warmup is not None:
             routed.warmups.append(warmup)
@@ -244,6 +263,7 @@ class Routed:
     fired: list[Fired]
     rejects: list[tuple[bytes, Exception]] = field(default_factory=list)
     warmups: list[InferenceRequest] = field(default_factory=list)
+    ahead: bool = False      # the ticks' symbol ran too far ahead of the news stream: pause the partition
 
 
 @dataclass(frozen=True, slots=True)
