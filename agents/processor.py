@@ -223,25 +223,17 @@ class Processor:
         return self.state(tick.symbol, partition).on_tick(tick, wall_ns, self.gate(partition, wall_ns))
 
     def partitions_ahead(self, bound_ns: int, wall_ns: int) -> set[int]:
-        """Partitions whose ticks run more than `bound_ns` of event time ahead of their oldest trigger still
-        waiting for news: their tick intake should pause until the news stream catches up (watermark
-        alignment). Without it a backlog (a fast replay, a worker catching up) reads ticks far ahead of
+        """Partitions with a symbol whose ticks run more than `bound_ns` of event time ahead of its oldest
+        trigger still waiting for news (`ahead`): their tick intake should pause until the news stream
+        catches up (watermark alignment). Without it a backlog (a fast replay, a worker catching up) reads ticks far ahead of
         the news that precedes them, which then comes over `allowed_lateness_s` behind and is dropped as
         late. A partition whose news watermarks have gone quiet is never held back (its waiting triggers
         go by the grace period), so this cannot stall."""
-        newest: dict[int, int] = {}
-        oldest: dict[int, int] = {}
-        for state in self.states.values():
-            if state.tick_wm_ns is None:
-                continue
-            p = state.partition
-            newest[p] = max(newest.get(p, state.tick_wm_ns), state.tick_wm_ns)
-            if state.held:
-                oldest[p] = min(oldest.get(p, state.held[0][0]), state.held[0][0])
-        return {p for p, t in oldest.items() if newest[p] - t > bound_ns and not self.gate(p, wall_ns).idle}
+        return {state.partition for symbol, state in self.states.items() if self.ahead(symbol, bound_ns, wall_ns)}
 
     def ahead(self, symbol: str, bound_ns: int, wall_ns: int) -> bool:
-        """The same test for one symbol (cheap: after each record, to stop reading its partition)."""
+        """Whether `symbol`'s ticks run more than `bound_ns` ahead of its oldest trigger waiting for news
+        (cheap: asked after each record, to stop reading its partition there)."""
         state = self.states.get(symbol)
         if not self.gated or state is None or not state.held or state.tick_wm_ns is None:
             return False

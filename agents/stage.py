@@ -112,6 +112,7 @@ class Stage:
         self.processor = Processor(cfg, news_origins=topics.partitions)
         self.guard = EventGuard()
         self.topic_label = {t: t.removeprefix(topics.prefix) for t in topics.all()}
+        self.align_bound_ns = min(ALIGN_AHEAD_S, cfg.allowed_lateness_s // 2) * NS_PER_S
 
     async def handle(self, batch: dict[Any, list[Any]]) -> dict[Any, int]:
         """Every record of a batch, then every output delivered (raises if one is not). A ticks partition
@@ -128,10 +129,6 @@ class Stage:
                     break
         await outbox.flush()
         return stopped
-
-    @property
-    def align_bound_ns(self) -> int:
-        return min(ALIGN_AHEAD_S, self.cfg.allowed_lateness_s // 2) * NS_PER_S
 
     def hold_back(self) -> set[tuple[str, int]]:
         """(topic, partition) of the tick partitions to pause: too far ahead of the news stream."""
