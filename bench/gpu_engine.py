@@ -2,8 +2,8 @@
 
 Measures, on one CUDA device: `score` requests/s with 100 adapters (ranks 8-64, power-law
 popularity) through `inference.engine`, the same with one adapter merged into the base and no
-LoRA, and HF + PEFT mixed-adapter batches; decode step time at batch 1 and tokens/s at batch 64;
-where a step's time goes (scheduling, host preparation, GPU kernels); and the Triton kernels
+LoRA, and HF + PEFT mixed-adapter batches; decode step time at batch 1 (with and without CUDA
+graphs) and tokens/s at batch 64; where a step's time goes (scheduling, host preparation, GPU kernels); and the Triton kernels
 against their torch references at these shapes. Writes bench/results/gpu-engine.json.
 
     python bench/gpu_engine.py            # needs CUDA (an H100 takes a few minutes); exit 2 without
@@ -184,7 +184,8 @@ def peft_mixed_rps(model_dir: str, paths: dict[str, str], prompts: list[list[int
 
 def decode_batch1_ms(engine: Engine, prompt: list[int], adapter: str, num_tokens: int) -> float:
     """Median wall time of a decode step with one running request (its prefill step excluded)."""
-    submit(engine, "decode1-", [prompt], [adapter], max_new_tokens=num_tokens + 1)
+    tag = f"decode1-{engine.num_steps}-"
+    submit(engine, tag, [prompt], [adapter], max_new_tokens=num_tokens + 1)
     engine.step()
     times = []
     while engine.has_unfinished():
@@ -324,6 +325,9 @@ def run(s: Settings, device: str, root: Path) -> dict:
     rps_merged = score_rps(merged, make_prompts(s.score_requests, s, seed=3), [None] * s.score_requests, "merged-")
     del merged
     decode1 = decode_batch1_ms(engine, make_prompts(1, s, seed=4)[0], "adapter1", s.decode_tokens)
+    graphs, engine.runner.decode_graphs = engine.runner.decode_graphs, None
+    decode1_eager = decode_batch1_ms(engine, make_prompts(1, s, seed=4)[0], "adapter1", s.decode_tokens)
+    engine.runner.decode_graphs = graphs
     decode64 = decode_tokens_per_s(engine, make_prompts(s.decode_batch, s, seed=5),
                                    pick_adapters(s.decode_batch, s, seed=6), s.decode_tokens)
     breakdown = step_breakdown(engine, make_prompts(64, s, seed=7), pick_adapters(64, s, seed=8), device)
@@ -333,6 +337,8 @@ def run(s: Settings, device: str, root: Path) -> dict:
     return {"score_rps_100_adapters": rps_100, "score_rps_merged": rps_merged,
             "ratio_100_adapters_vs_merged": rps_100 / rps_merged, "peft_mixed_rps": peft_rps,
             "speedup_vs_peft_mixed": rps_100 / peft_rps, "decode_batch1_ms": decode1,
+            "decode_batch1_ms_without_cuda_graphs": decode1_eager,
+            "cuda_graph_replays": graphs.num_replays if graphs is not None else 0,
             "decode_batch64_tokens_per_s": decode64, "step_breakdown": breakdown,
             "tokenize_per_request": tokenize_ms_per_request(s.prompt_len), "engine_kernels": engine_kernels(),
             "kernels": kernel_timings(s) if device == "cuda" else None}

@@ -13,7 +13,8 @@ class EngineConfig:
 
     `max_num_batched_tokens` is the token budget of one step (prefill chunks and
     decodes together); `starvation_timeout_s` is how long a request may wait before
-    it jumps ahead of earlier deadlines.
+    it jumps ahead of earlier deadlines. `cuda_graph_sizes` are the padded batch sizes
+    whose decode steps are captured as CUDA graphs (CUDA devices only).
     """
 
     block_size: int = 16
@@ -25,6 +26,7 @@ class EngineConfig:
     starvation_timeout_s: float = 5.0
     enable_prefix_caching: bool = True
     dtype: str = "float32"   # float64: batch-composition effects far below the published precision (CPU replay)
+    cuda_graph_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)   # () turns decode graphs off
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_batched_tokens",
@@ -33,6 +35,8 @@ class EngineConfig:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.starvation_timeout_s <= 0:
             raise ValueError("EngineConfig.starvation_timeout_s must be > 0")
+        if any(n < 1 for n in self.cuda_graph_sizes):
+            raise ValueError(f"EngineConfig.cuda_graph_sizes must be >= 1, got {self.cuda_graph_sizes}")
         if self.dtype not in DTYPES:
             raise ValueError(f"EngineConfig.dtype must be one of {DTYPES}, got {self.dtype}")
 

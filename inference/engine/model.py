@@ -76,6 +76,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor      # [B, max_blocks]
     seq_lens: list[int]             # [B] context length after this step
     query_start_loc: list[int]      # [B + 1] offsets of each request's tokens in the flat batch
+    device_lens: tuple[torch.Tensor, torch.Tensor] | None = None   # the two lists as int32 (Triton path)
 
 
 def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -223,7 +224,7 @@ class Transformer:
         k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, k)
         v_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, v)
         out = paged_attention(q, k_cache, v_cache, attn.block_tables, attn.seq_lens,
-                              attn.query_start_loc, c.head_dim ** -0.5).flatten(1)      # [T, q]
+                              attn.query_start_loc, c.head_dim ** -0.5, attn.device_lens).flatten(1)   # [T, q]
         y = F.linear(out, layer.o, layer.o_bias)
         if lora is not None:
             lora.apply(y, out, i, "o_proj")

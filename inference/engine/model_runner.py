@@ -4,28 +4,48 @@ from __future__ import annotations
 import torch
 
 from inference.engine.config import EngineConfig
+from inference.engine.cuda_graphs import DecodeGraphs
 from inference.engine.lora import LoraBatch, LoraSegment, LoraSlotWeights
 from inference.engine.model import AttentionMetadata, Transformer
 from inference.engine.scheduler import ScheduledChunk, SchedulerOutput, StepResult
 from inference.engine.sequence import RequestKind
+from inference.kernels import step_lens, use_triton
 
 
 class ModelRunner:
-    """Owns the KV cache and the LoRA slot stacks; stateless between steps otherwise."""
+    """Owns the KV cache and the LoRA slot stacks; stateless between steps otherwise.
+
+    The cache holds one block more than the pool hands out: the scratch block where padded rows of a
+    CUDA-graph decode write their K/V.
+    """
 
     def __init__(self, model: Transformer, config: EngineConfig) -> None:
         self.model = model
         self.config = config
         self.device = model.embed.device
-        self.kv_cache = model.new_kv_cache(config.num_blocks, config.block_size)
+        self.kv_cache = model.new_kv_cache(config.num_blocks + 1, config.block_size)
         self.lora_weights = LoraSlotWeights(
             model.config.num_layers, config.max_adapter_slots, config.max_lora_rank,
             model.config.lora_dims(), model.embed.dtype, self.device)
+        self.decode_graphs = self.new_decode_graphs(capture=True) if self._graphs_apply() else None
+
+    def _graphs_apply(self) -> bool:
+        return bool(self.config.cuda_graph_sizes) and self.device.type == "cuda" and use_triton(self.model.embed)
+
+    def new_decode_graphs(self, capture: bool) -> DecodeGraphs:
+        """Static-buffer decode for batches up to the largest configured size (capture=False: run eagerly)."""
+        sizes = tuple(n for n in self.config.cuda_graph_sizes if n <= self.config.max_num_seqs) or (1,)
+        limit = min(self.config.max_cached_tokens, self.model.config.max_position_embeddings)
+        return DecodeGraphs(self.model, self.kv_cache, self.lora_weights, sizes, self.config.block_size,
+                            -(-limit // self.config.block_size), self.config.num_blocks, capture)
 
     def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]],
                 slot_of: dict[str, int]) -> dict[str, StepResult]:
         """Run every scheduled chunk; return outputs for chunks that complete their sequence."""
         chunks = sorted(out.chunks, key=lambda c: _slot_key(c, slot_of))   # group tokens by adapter
+        if self.decode_graphs is not None and self.decode_graphs.fits(chunks, block_tables):
+            hidden = self.decode_graphs.run(chunks, block_tables, slot_of)  # [B, H], row b is chunks[b]
+            return self._read_outputs(hidden, [(c, b) for b, c in enumerate(chunks) if c.completes_sequence])
         input_ids, positions, attn = self._prepare(chunks, block_tables)
         lora = LoraBatch.for_step(self.lora_weights, self._segments(chunks, slot_of))
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, lora)   # [T, H]
@@ -46,7 +66,8 @@ class ModelRunner:
         width = max(len(t) for t in tables)
         padded = [t + [0] * (width - len(t)) for t in tables]
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
-        attn = AttentionMetadata(as_long(slots), as_long(padded), seq_lens, starts)
+        attn = AttentionMetadata(as_long(slots), as_long(padded), seq_lens, starts,
+                                 step_lens(seq_lens, starts, self.model.embed))
         return as_long(input_ids), as_long(positions), attn
 
     def _segments(self, chunks: list[ScheduledChunk], slot_of: dict[str, int]) -> list[LoraSegment]:

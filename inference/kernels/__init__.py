@@ -59,11 +59,25 @@ def sgmv(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.T
         sgmv_ref(y, x, lora_a, lora_b, segments)
 
 
+def step_lens(seq_lens: list[int], query_start_loc: list[int],
+              like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The step's lengths as device tensors for the Triton attention, built once per step (None for torch)."""
+    if not seq_lens or not use_triton(like):
+        return None
+    from inference.kernels.paged_attention import lens_on_device
+    return lens_on_device(seq_lens, query_start_loc, like.device)
+
+
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                    seq_lens: list[int], query_start_loc: list[int], scale: float) -> torch.Tensor:
-    """q: [T, Hq, D], caches: [num_blocks, block_size, Hkv, D] -> [T, Hq, D] (causal, paged, GQA)."""
+                    seq_lens: list[int], query_start_loc: list[int], scale: float,
+                    device_lens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """q: [T, Hq, D], caches: [num_blocks, block_size, Hkv, D] -> [T, Hq, D] (causal, paged, GQA).
+
+    `device_lens` (from `step_lens`) is only for the Triton path; the reference uses the lists.
+    """
     if use_triton(q):
         from inference.kernels.paged_attention import paged_attention_triton
-        return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+        return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
+                                      device_lens)
     from inference.engine.model import paged_attention_ref
     return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)

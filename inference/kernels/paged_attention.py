@@ -69,11 +69,15 @@ def _paged_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seq_lens_p
 
 def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: list[int],
-                           query_start_loc: list[int], scale: float) -> torch.Tensor:
+                           query_start_loc: list[int], scale: float,
+                           device_lens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Drop-in for `paged_attention_ref`.
 
     q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D]; block_tables: [B, max_blocks];
     seq_lens: [B] context length including this step's tokens; query_start_loc: [B + 1]. Returns [T, Hq, D].
+    `device_lens` is (seq_lens, query_start_loc) already on q's device as int32, built once per step;
+    the kernel then reads those, and the lists only size the grid (a CUDA graph replays new values
+    through the same tensors).
     """
     _check(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
     out = torch.empty_like(q)
@@ -84,14 +88,21 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     max_rows = max(e - s for s, e in zip(query_start_loc, query_start_loc[1:])) * group
     block_m = tile_size(max_rows, 16, 64)
     block_n = 64 if q.is_cuda else 128
-    as_int32 = lambda xs: torch.tensor(xs, dtype=torch.int32).to(q.device, non_blocking=True)  # noqa: E731
+    seq_lens_dev, query_start_dev = device_lens or lens_on_device(seq_lens, query_start_loc, q.device)
     grid = (len(seq_lens), num_kv_heads, triton.cdiv(max_rows, block_m))
     _paged_attention_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, as_int32(seq_lens), as_int32(query_start_loc),
+        q, k_cache, v_cache, out, block_tables, seq_lens_dev, query_start_dev,
         scale * math.log2(math.e), *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
         block_tables.stride(0), GROUP=group, HEAD_DIM=head_dim, BLOCK_D=tile_size(head_dim, 16, 1 << 30),
         PAGE_SIZE=k_cache.shape[1], BLOCK_M=block_m, BLOCK_N=block_n, DOT_FP32=dot_in_fp32(q))
     return out
+
+
+def lens_on_device(seq_lens: list[int], query_start_loc: list[int],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seq_lens, query_start_loc) as int32 tensors on `device`, in one host-to-device copy."""
+    packed = torch.tensor(list(seq_lens) + list(query_start_loc), dtype=torch.int32).to(device, non_blocking=True)
+    return packed[:len(seq_lens)], packed[len(seq_lens):]
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,

@@ -65,3 +65,46 @@ def test_engine_through_triton_kernels_matches_torch_path(checkpoint, monkeypatc
             torch.testing.assert_close(torch.tensor(got.label_logits), torch.tensor(expected.label_logits),
                                        atol=1e-4, rtol=1e-4, msg=lambda m: f"request {rid}: {m}")
         assert got.output_token_ids == expected.output_token_ids, rid
+
+
+def test_static_decode_through_triton_matches_torch_path(checkpoint, monkeypatch):
+    """The CUDA-graph decode forward (run eagerly) through the kernels: device lengths, per-token
+    segment table over the static buffers, padded rows; tokens as the torch path's."""
+    from tests.inference.engine.test_decode_graphs import checked_runs, generate, make_engine
+
+    plan = [(None, 3), ("narrow", 9), ("wide", 17), ("wide", 6), (None, 12)]
+    monkeypatch.setenv(FORCE_TRITON_ENV, "0")
+    expected = generate(make_engine(checkpoint, static_decode=False), plan, max_new_tokens=4)
+    monkeypatch.setenv(FORCE_TRITON_ENV, "1")
+    engine = make_engine(checkpoint, static_decode=True)
+    seen = checked_runs(engine)
+    assert generate(engine, plan, max_new_tokens=4) == expected
+    assert 5 in {n for n, _ in seen} and max(d for _, d in seen) <= 1e-5, seen
+
+
+@pytest.mark.parametrize("head_len", [6, 9])
+def test_partial_block_prefix_hit_through_triton_matches_no_caching(checkpoint, monkeypatch, head_len):
+    """A warm-up of a head leaves a partial last block (4-token pages); head + tail starts its prefill
+    mid-block, so the kernel's first query sits at a position inside a cached block."""
+    rng = random.Random(head_len)
+    head = [rng.randrange(128) for _ in range(head_len)]
+    tokens = head + [rng.randrange(128) for _ in range(7)]
+
+    def score(enable_prefix_caching: bool):
+        engine = Engine(checkpoint["model_dir"], EngineConfig(block_size=4, num_blocks=32,
+                                                              enable_prefix_caching=enable_prefix_caching))
+        engine.register_adapter("wide", checkpoint["adapters"]["wide"])
+        engine.add_request("warm", head, RequestKind.SCORE, adapter="wide", label_token_ids=[1])
+        engine.run_until_done()
+        engine.add_request("full", tokens, RequestKind.SCORE, adapter="wide", label_token_ids=range(128))
+        [out] = engine.run_until_done()
+        return out
+
+    monkeypatch.setenv(FORCE_TRITON_ENV, "0")
+    plain = score(enable_prefix_caching=False)
+    monkeypatch.setenv(FORCE_TRITON_ENV, "1")
+    cached = score(enable_prefix_caching=True)
+    assert (cached.num_cached_tokens, plain.num_cached_tokens) == (head_len, 0)
+    assert head_len % 4                                                  # mid-block start
+    torch.testing.assert_close(torch.tensor(cached.label_logits), torch.tensor(plain.label_logits),
+                               atol=1e-4, rtol=1e-4)
