@@ -53,22 +53,26 @@ class ModelRunner:
         return self._read_outputs(hidden, sampled)
 
     def _prepare(self, chunks: list[ScheduledChunk], block_tables: dict[str, list[int]]):
+        """Flat inputs of the step; token positions and cache slots are computed as tensors, not per token."""
         bs = self.config.block_size
-        input_ids, positions, slots, seq_lens, starts = [], [], [], [], [0]
+        input_ids, seq_lens, starts = [], [], [0]
         tables = [block_tables[c.request.request_id] for c in chunks]
-        for chunk, table in zip(chunks, tables):
-            span = range(chunk.start, chunk.start + chunk.num_new_tokens)
-            input_ids.extend(chunk.request.token_ids[chunk.start:span.stop])
-            positions.extend(span)
-            slots.extend(table[p // bs] * bs + p % bs for p in span)
-            seq_lens.append(span.stop)
+        for chunk in chunks:
+            stop = chunk.start + chunk.num_new_tokens
+            input_ids.extend(chunk.request.token_ids[chunk.start:stop])
+            seq_lens.append(stop)
             starts.append(starts[-1] + chunk.num_new_tokens)
         width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
-        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
-        attn = AttentionMetadata(as_long(slots), as_long(padded), seq_lens, starts,
+        padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)    # [B, W]
+        counts = torch.tensor([c.num_new_tokens for c in chunks])
+        row = torch.repeat_interleave(torch.arange(len(chunks)), counts)                         # [T]
+        offset = torch.tensor([c.start for c in chunks]) - torch.tensor(starts[:-1])             # [B]
+        positions = torch.arange(starts[-1]) + offset[row]                                       # [T]
+        slots = padded[row, positions // bs] * bs + positions % bs
+        to_device = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        attn = AttentionMetadata(to_device(slots), to_device(padded), seq_lens, starts,
                                  step_lens(seq_lens, starts, self.model.embed))
-        return as_long(input_ids), as_long(positions), attn
+        return to_device(torch.tensor(input_ids, dtype=torch.long)), to_device(positions), attn
 
     def _segments(self, chunks: list[ScheduledChunk], slot_of: dict[str, int]) -> list[LoraSegment]:
         segments: list[LoraSegment] = []

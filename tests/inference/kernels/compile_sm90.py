@@ -27,15 +27,18 @@ def main() -> None:
     segments = {p: "*i32" for p in ("starts_ptr", "ends_ptr", "slots_ptr", "ranks_ptr")}
     for dt in ("bf16", "fp16", "fp32"):
         fp32 = dt == "fp32"
-        compile_kernel(_shrink_kernel, {"x_ptr": f"*{dt}", "a_ptr": f"*{dt}", "out_ptr": "*fp32", **segments},
-                       dict(BLOCK_M=64, BLOCK_K=64, BLOCK_R=64, DOT_FP32=fp32))
+        for block_m in (16, 64):        # 16: decode steps (one token per segment, GQA group 7); 64: prefill
+            compile_kernel(_shrink_kernel, {"x_ptr": f"*{dt}", "a_ptr": f"*{dt}", "out_ptr": "*fp32", **segments},
+                           dict(BLOCK_M=block_m, BLOCK_K=64, BLOCK_R=64, DOT_FP32=fp32))
+            compile_kernel(_paged_attention_kernel,
+                           {"q_ptr": f"*{dt}", "k_ptr": f"*{dt}", "v_ptr": f"*{dt}", "out_ptr": f"*{dt}",
+                            "tables_ptr": "*i64", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32",
+                            "scale_log2": "fp32"},
+                           dict(GROUP=7, HEAD_DIM=64, BLOCK_D=64, PAGE_SIZE=16, BLOCK_M=block_m, BLOCK_N=64,
+                                DOT_FP32=fp32))
         compile_kernel(_expand_kernel, {"y_ptr": f"*{dt}", "s_ptr": "*fp32", "b_ptr": f"*{dt}",
                                         "scales_ptr": "*fp32", **segments},
                        dict(BLOCK_M=16, BLOCK_N=64, BLOCK_R=64, DOT_FP32=fp32))
-        compile_kernel(_paged_attention_kernel,
-                       {"q_ptr": f"*{dt}", "k_ptr": f"*{dt}", "v_ptr": f"*{dt}", "out_ptr": f"*{dt}",
-                        "tables_ptr": "*i64", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32", "scale_log2": "fp32"},
-                       dict(GROUP=7, HEAD_DIM=64, BLOCK_D=64, PAGE_SIZE=16, BLOCK_M=64, BLOCK_N=64, DOT_FP32=fp32))
     print("compiled", file=sys.stderr)
 
 
