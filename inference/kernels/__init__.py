@@ -20,9 +20,12 @@ FORCE_TRITON_ENV = "FINLLM_FORCE_TRITON"
 
 
 def use_triton(t: torch.Tensor) -> bool:
-    """Triton for CUDA tensors when it imports; forced (and then required) by FINLLM_FORCE_TRITON=1."""
+    """Triton for CUDA tensors when it imports; forced (and then required) by FINLLM_FORCE_TRITON=1.
+
+    float64 always takes the torch path: the kernels multiply in at most fp32.
+    """
     forced = os.environ.get(FORCE_TRITON_ENV) == "1"
-    if not (t.is_cuda or forced):
+    if not (t.is_cuda or forced) or t.dtype == torch.float64:
         return False
     try:
         import triton  # noqa: F401

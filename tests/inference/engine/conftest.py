@@ -1,10 +1,16 @@
-"""Tiny checkpoints shared by the engine tests: one Qwen2 and one Llama, three adapters each."""
+"""Tiny checkpoints shared by the engine tests: one Qwen2 and one Llama, three adapters each.
+
+FINLLM_TEST_DEVICE=cuda runs the parity tests' engines on a GPU (the Triton path) against the same
+CPU references; the default is cpu.
+"""
+import os
 from pathlib import Path
 
 import pytest
 
 from inference.engine.tiny_models import build_tiny_adapter, build_tiny_model, build_tiny_tokenizer
 
+ENGINE_DEVICE = os.environ.get("FINLLM_TEST_DEVICE", "cpu")
 ADAPTER_SPECS = {  # name -> (rank, target modules); ranks differ, targets differ
     "a": (2, ("q_proj", "v_proj")),
     "b": (4, ("q_proj", "k_proj", "v_proj", "o_proj")),

@@ -20,10 +20,11 @@ SIZES = (1, 2, 4, 8)
 PLAN = [(None, 3), ("a", 9), ("b", 16), ("c", 17), ("c", 30), (None, 5)]   # (adapter, prompt length)
 
 
-def make_engine(checkpoint: dict, static_decode: bool, sizes: tuple[int, ...] = SIZES) -> Engine:
+def make_engine(checkpoint: dict, static_decode: bool, sizes: tuple[int, ...] = SIZES,
+                device: str = "cpu") -> Engine:
     config = EngineConfig(block_size=4, num_blocks=96, max_num_batched_tokens=64, max_num_seqs=8,
                           max_adapter_slots=4, cuda_graph_sizes=sizes)
-    engine = Engine(checkpoint["model_dir"], config)
+    engine = Engine(checkpoint["model_dir"], config, device)
     for name, path in checkpoint["adapters"].items():
         engine.register_adapter(name, path)
     if static_decode:

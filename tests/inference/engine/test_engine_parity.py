@@ -8,13 +8,14 @@ from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine
 from inference.engine.sequence import RequestKind, RequestStatus
 
+from .conftest import ENGINE_DEVICE
 from .reference import HFReference
 
 ADAPTERS = [None, "a", "b", "c"]
 
 
 def make_engine(checkpoint: dict, **config) -> Engine:
-    engine = Engine(checkpoint["model_dir"], EngineConfig(**config))
+    engine = Engine(checkpoint["model_dir"], EngineConfig(**config), ENGINE_DEVICE)
     for name, path in checkpoint["adapters"].items():
         engine.register_adapter(name, path)
     return engine

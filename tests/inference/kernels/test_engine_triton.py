@@ -1,4 +1,5 @@
-"""The whole engine through the Triton kernels (interpreted on CPU) against its torch path.
+"""The whole engine through the Triton kernels (on CUDA where there is a GPU, else interpreted on CPU)
+against its torch path on CPU.
 
 Kernel tests prove each kernel alone; this one proves the wiring: the engine's forward calls the
 `inference.kernels` dispatchers, the per-step segment table matches the step's tokens, and chunked
@@ -18,6 +19,9 @@ from inference.engine.engine import Engine  # noqa: E402
 from inference.engine.sequence import RequestKind, RequestStatus  # noqa: E402
 from inference.engine.tiny_models import build_tiny_adapter, build_tiny_model  # noqa: E402
 from inference.kernels import FORCE_TRITON_ENV, use_triton  # noqa: E402
+from tests.inference.kernels.conftest import DEVICE as KERNEL_DEVICE  # noqa: E402
+
+DEVICE = str(KERNEL_DEVICE)     # the Triton runs: CUDA where there is one, else CPU (interpreted)
 
 ADAPTERS = {"narrow": (2, ("q_proj", "v_proj")),
             "wide": (8, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))}
@@ -34,9 +38,10 @@ def checkpoint(tmp_path_factory) -> dict:
     return {"model_dir": model_dir, "adapters": adapters}
 
 
-def run_engine(checkpoint: dict) -> tuple[dict, bool]:
+def run_engine(checkpoint: dict, device: str) -> tuple[dict, bool]:
     """Score 3 prompts (chunked prefill over 16-token steps) and generate 2 x 3 tokens; 4-slot pages."""
-    engine = Engine(checkpoint["model_dir"], EngineConfig(block_size=4, num_blocks=64, max_num_batched_tokens=16))
+    engine = Engine(checkpoint["model_dir"], EngineConfig(block_size=4, num_blocks=64, max_num_batched_tokens=16),
+                    device)
     for name, path in checkpoint["adapters"].items():
         engine.register_adapter(name, path)
     rng = random.Random(0)
@@ -52,9 +57,9 @@ def run_engine(checkpoint: dict) -> tuple[dict, bool]:
 
 def test_engine_through_triton_kernels_matches_torch_path(checkpoint, monkeypatch):
     monkeypatch.setenv(FORCE_TRITON_ENV, "0")
-    torch_outputs, torch_used_triton = run_engine(checkpoint)
+    torch_outputs, torch_used_triton = run_engine(checkpoint, "cpu")
     monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-    triton_outputs, triton_used_triton = run_engine(checkpoint)
+    triton_outputs, triton_used_triton = run_engine(checkpoint, DEVICE)
 
     assert (torch_used_triton, triton_used_triton) == (False, True)
     assert set(triton_outputs) == set(torch_outputs) == {str(i) for i in range(len(REQUEST_ADAPTERS))}
@@ -76,7 +81,7 @@ def test_static_decode_through_triton_matches_torch_path(checkpoint, monkeypatch
     monkeypatch.setenv(FORCE_TRITON_ENV, "0")
     expected = generate(make_engine(checkpoint, static_decode=False), plan, max_new_tokens=4)
     monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-    engine = make_engine(checkpoint, static_decode=True)
+    engine = make_engine(checkpoint, static_decode=True, device=DEVICE)
     seen = checked_runs(engine)
     assert generate(engine, plan, max_new_tokens=4) == expected
     assert 5 in {n for n, _ in seen} and max(d for _, d in seen) <= 1e-5, seen
@@ -90,9 +95,9 @@ def test_partial_block_prefix_hit_through_triton_matches_no_caching(checkpoint, 
     head = [rng.randrange(128) for _ in range(head_len)]
     tokens = head + [rng.randrange(128) for _ in range(7)]
 
-    def score(enable_prefix_caching: bool):
+    def score(enable_prefix_caching: bool, device: str):
         engine = Engine(checkpoint["model_dir"], EngineConfig(block_size=4, num_blocks=32,
-                                                              enable_prefix_caching=enable_prefix_caching))
+                                                              enable_prefix_caching=enable_prefix_caching), device)
         engine.register_adapter("wide", checkpoint["adapters"]["wide"])
         engine.add_request("warm", head, RequestKind.SCORE, adapter="wide", label_token_ids=[1])
         engine.run_until_done()
@@ -101,9 +106,9 @@ def test_partial_block_prefix_hit_through_triton_matches_no_caching(checkpoint, 
         return out
 
     monkeypatch.setenv(FORCE_TRITON_ENV, "0")
-    plain = score(enable_prefix_caching=False)
+    plain = score(enable_prefix_caching=False, device="cpu")
     monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-    cached = score(enable_prefix_caching=True)
+    cached = score(enable_prefix_caching=True, device=DEVICE)
     assert (cached.num_cached_tokens, plain.num_cached_tokens) == (head_len, 0)
     assert head_len % 4                                                  # mid-block start
     torch.testing.assert_close(torch.tensor(cached.label_logits), torch.tensor(plain.label_logits),
