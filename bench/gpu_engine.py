@@ -8,6 +8,7 @@ against their torch references at these shapes. Writes bench/results/gpu-engine.
 
     python bench/gpu_engine.py            # needs CUDA (an H100 takes a few minutes); exit 2 without
     python bench/gpu_engine.py --smoke    # tiny shapes on any device to check the script; writes nothing
+    python bench/gpu_engine.py --host     # the engine's host work per step at the real workload's shape
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ class Settings:
 SMOKE = Settings(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512, prompt_len=40,
                  num_adapters=6, score_requests=12, peft_requests=6, peft_batch=3, decode_batch=4,
                  decode_tokens=4, max_num_seqs=8, max_adapter_slots=4, token_budget=256, num_blocks=256)
+
+
+# The full workload's requests, adapters and token budget over a 1-layer, 32-wide model: what the engine's
+# Python does per step (schedule, inputs, segments, outputs, bookkeeping) at the shape the GPU sees.
+HOST = replace(Settings(), hidden=32, layers=1, heads=2, kv_heads=1, intermediate=32, vocab=1024)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -233,6 +239,33 @@ def step_breakdown(engine: Engine, prompts: list[list[int]], adapters: list[str]
             "note": "profiled run; wall includes profiler cost, host_overhead = wall - gpu_busy"}
 
 
+def host_overhead(s: Settings, root: Path) -> dict:
+    """ms per step of each host-side part of `Engine.step` for score requests (device time excluded)."""
+    model_dir = build_model(s, root / "model", "cpu")
+    ranks = {f"adapter{i}": s.ranks[i % len(s.ranks)] for i in range(s.num_adapters)}
+    engine = new_engine(model_dir, s, "cpu", {name: write_adapter(s, root / name, rank, seed=i)
+                                              for i, (name, rank) in enumerate(ranks.items())})
+    totals: dict[str, float] = {}
+    parts = {"schedule": (engine.scheduler, "schedule"), "scheduler_update": (engine.scheduler, "update"),
+             "prepare_inputs": (engine.runner, "_prepare"), "lora_segments": (engine.runner, "_segments"),
+             "read_outputs": (engine.runner, "_read_outputs"), "forward_cpu": (engine.model, "forward")}
+    for key, (owner, name) in parts.items():
+        totals[key] = 0.0
+        setattr(owner, name, _timed(getattr(owner, name), totals, key))
+    submit(engine, "host-", make_prompts(s.score_requests, s, seed=1), pick_adapters(s.score_requests, s, seed=2))
+    started, steps = time.perf_counter(), 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+    wall_ms = (time.perf_counter() - started) * 1e3
+    per_step = {f"{k}_ms": v * 1e3 / steps for k, v in totals.items()}
+    host_ms = sum(v for k, v in per_step.items() if k != "forward_cpu_ms")
+    return {"steps": steps, "requests_per_step": s.score_requests / steps, **per_step,
+            "engine_host_ms_per_step": wall_ms / steps - per_step["forward_cpu_ms"],
+            "timed_parts_ms_per_step": host_ms, "tokenize_per_request": tokenize_ms_per_request(s.prompt_len),
+            "note": "forward_cpu is the tiny model's CPU forward, not GPU time; the rest is host work per step"}
+
+
 def _timed(fn, totals: dict[str, float], key: str):
     def wrapper(*args, **kwargs):
         started = time.perf_counter()
@@ -348,8 +381,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on any device; writes nothing")
     parser.add_argument("--score-requests", type=int, default=None)
+    parser.add_argument("--host", action="store_true", help="host work per step at full shapes, any device")
     parser.add_argument("--all-linear", action="store_true", help="adapters on all 7 projections, not q/k/v/o")
     args = parser.parse_args()
+    if args.host:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps({"host_overhead": host_overhead(HOST, Path(tmp)), "settings": asdict(HOST),
+                              "command": " ".join(["python"] + sys.argv)}, indent=2))
+        return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cuda" and not args.smoke:
         print("gpu_engine.py needs a CUDA GPU (none found); refusing to report CPU figures. "

@@ -91,7 +91,8 @@ class DecodeGraphs:
         slots = [0 if a is None else slot_of[a] for a in adapters] + [0] * pad
         ranks = [self.lora_weights.ranks[s] if a is not None else 0 for a, s in zip(adapters, slots)] + [0] * pad
         scales = [self.lora_weights.scales[s] if r else 0.0 for s, r in zip(slots, ranks)]
-        self.host_segments = [LoraSegment(i, i + 1, s, r, k) for i, (s, r, k) in enumerate(zip(slots, ranks, scales)) if r]
+        self.host_segments = [LoraSegment(i, i + 1, s, r, k)
+                              for i, (s, r, k) in enumerate(zip(slots, ranks, scales)) if r]
         copy = lambda dst, values, dtype: dst.copy_(torch.tensor(values, dtype=dtype), non_blocking=True)  # noqa: E731
         copy(self.input_ids[:size], [c.request.token_ids[c.start] for c in chunks] + [0] * pad, torch.long)
         copy(self.positions[:size], positions + [0] * pad, torch.long)
@@ -118,7 +119,7 @@ class DecodeGraphs:
     def _lora_segments(self, size: int) -> tuple[list[LoraSegment], list[LoraSegment] | SegmentTable]:
         """(segments, kernel segments) of a `LoraBatch`: the device table over the buffers for Triton
         (the list is a placeholder: a graph always applies LoRA); the step's own list for torch."""
-        if use_triton(self.input_ids):
+        if use_triton(self.model.embed):
             from inference.kernels.sgmv import SegmentTable
             table = SegmentTable(self.seg_starts[:size], self.seg_ends[:size], self.seg_slots[:size],
                                  self.seg_ranks[:size], self.seg_scales[:size], max_segment_len=1)
@@ -134,7 +135,7 @@ class DecodeGraphs:
             self._forward(size, with_lora)          # compiles the kernels; writes only the scratch block
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):   # worker threads
             hidden = self._forward(size, with_lora)
         self.pool = graph.pool()
         return graph, hidden
