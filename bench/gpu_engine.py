@@ -3,8 +3,9 @@
 Measures, on one CUDA device: `score` requests/s with 100 adapters (ranks 8-64, power-law
 popularity) through `inference.engine`, the same with one adapter merged into the base and no
 LoRA, and HF + PEFT mixed-adapter batches; decode step time at batch 1 (with and without CUDA
-graphs) and tokens/s at batch 64; where a step's time goes (scheduling, host preparation, GPU kernels); and the Triton kernels
-against their torch references at these shapes. Writes bench/results/gpu-engine.json.
+graphs) and tokens/s at batch 64; where a step's time goes (scheduling, host preparation, GPU
+kernels); and the Triton kernels against their torch references at these shapes. Writes
+bench/results/gpu-engine.json.
 
     python bench/gpu_engine.py            # needs CUDA (an H100 takes a few minutes); exit 2 without
     python bench/gpu_engine.py --smoke    # tiny shapes on any device to check the script; writes nothing
@@ -106,6 +107,14 @@ def write_adapter(s: Settings, out_dir: Path, rank: int, seed: int) -> str:
     return str(out_dir)
 
 
+def make_checkpoints(s: Settings, root: Path, device: str) -> tuple[str, dict[str, str]]:
+    """The base model and `num_adapters` PEFT folders of ranks cycling through `s.ranks`."""
+    model_dir = build_model(s, root / "model", device)
+    ranks = {f"adapter{i}": s.ranks[i % len(s.ranks)] for i in range(s.num_adapters)}
+    paths = {name: write_adapter(s, root / name, rank, seed=i) for i, (name, rank) in enumerate(ranks.items())}
+    return model_dir, paths
+
+
 def merge_adapter(model_dir: str, adapter_dir: str, out_dir: Path) -> str:
     """The base with one adapter folded in: W [out, in] += (alpha / r) * B @ A."""
     state = load_state_dict(model_dir)
@@ -190,8 +199,7 @@ def peft_mixed_rps(model_dir: str, paths: dict[str, str], prompts: list[list[int
 
 def decode_batch1_ms(engine: Engine, prompt: list[int], adapter: str, num_tokens: int) -> float:
     """Median wall time of a decode step with one running request (its prefill step excluded)."""
-    tag = f"decode1-{engine.num_steps}-"
-    submit(engine, tag, [prompt], [adapter], max_new_tokens=num_tokens + 1)
+    submit(engine, "decode1-", [prompt], [adapter], max_new_tokens=num_tokens + 1)
     engine.step()
     times = []
     while engine.has_unfinished():
@@ -218,12 +226,7 @@ def step_breakdown(engine: Engine, prompts: list[list[int]], adapters: list[str]
     """Per score step: wall time, GPU busy time (profiler), and the host parts we can time."""
     from torch.profiler import ProfilerActivity, profile
 
-    totals = {"schedule": 0.0, "prepare_inputs": 0.0, "read_outputs": 0.0, "scheduler_update": 0.0}
-    targets = {"schedule": (engine.scheduler, "schedule"), "scheduler_update": (engine.scheduler, "update"),
-               "prepare_inputs": (engine.runner, "_prepare"), "read_outputs": (engine.runner, "_read_outputs")}
-    for key, (owner, name) in targets.items():
-        if hasattr(owner, name):
-            setattr(owner, name, _timed(getattr(owner, name), totals, key))
+    totals = time_parts(host_parts(engine))
     submit(engine, "profile-", prompts, adapters)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     started, steps = time.perf_counter(), 0
@@ -241,17 +244,10 @@ def step_breakdown(engine: Engine, prompts: list[list[int]], adapters: list[str]
 
 def host_overhead(s: Settings, root: Path) -> dict:
     """ms per step of each host-side part of `Engine.step` for score requests (device time excluded)."""
-    model_dir = build_model(s, root / "model", "cpu")
-    ranks = {f"adapter{i}": s.ranks[i % len(s.ranks)] for i in range(s.num_adapters)}
-    engine = new_engine(model_dir, s, "cpu", {name: write_adapter(s, root / name, rank, seed=i)
-                                              for i, (name, rank) in enumerate(ranks.items())})
-    totals: dict[str, float] = {}
-    parts = {"schedule": (engine.scheduler, "schedule"), "scheduler_update": (engine.scheduler, "update"),
-             "prepare_inputs": (engine.runner, "_prepare"), "lora_segments": (engine.runner, "_segments"),
-             "read_outputs": (engine.runner, "_read_outputs"), "forward_cpu": (engine.model, "forward")}
-    for key, (owner, name) in parts.items():
-        totals[key] = 0.0
-        setattr(owner, name, _timed(getattr(owner, name), totals, key))
+    model_dir, paths = make_checkpoints(s, root, "cpu")
+    engine = new_engine(model_dir, s, "cpu", paths)
+    totals = time_parts({**host_parts(engine), "lora_segments": (engine.runner, "_segments"),
+                         "forward_cpu": (engine.model, "forward")})
     submit(engine, "host-", make_prompts(s.score_requests, s, seed=1), pick_adapters(s.score_requests, s, seed=2))
     started, steps = time.perf_counter(), 0
     while engine.has_unfinished():
@@ -264,6 +260,20 @@ def host_overhead(s: Settings, root: Path) -> dict:
             "engine_host_ms_per_step": wall_ms / steps - per_step["forward_cpu_ms"],
             "timed_parts_ms_per_step": host_ms, "tokenize_per_request": tokenize_ms_per_request(s.prompt_len),
             "note": "forward_cpu is the tiny model's CPU forward, not GPU time; the rest is host work per step"}
+
+
+def host_parts(engine: Engine) -> dict[str, tuple[object, str]]:
+    """The host-side parts of `Engine.step` worth timing, as (owner, method name)."""
+    return {"schedule": (engine.scheduler, "schedule"), "scheduler_update": (engine.scheduler, "update"),
+            "prepare_inputs": (engine.runner, "_prepare"), "read_outputs": (engine.runner, "_read_outputs")}
+
+
+def time_parts(parts: dict[str, tuple[object, str]]) -> dict[str, float]:
+    """Wrap each (owner, method) so its seconds add up under its key in the returned dict."""
+    totals = dict.fromkeys(parts, 0.0)
+    for key, (owner, name) in parts.items():
+        setattr(owner, name, _timed(getattr(owner, name), totals, key))
+    return totals
 
 
 def _timed(fn, totals: dict[str, float], key: str):
@@ -347,9 +357,7 @@ def engine_kernels() -> str:
 
 # -- main ----------------------------------------------------------------------------------------
 def run(s: Settings, device: str, root: Path) -> dict:
-    model_dir = build_model(s, root / "model", device)
-    ranks = {f"adapter{i}": s.ranks[i % len(s.ranks)] for i in range(s.num_adapters)}
-    paths = {name: write_adapter(s, root / name, rank, seed=i) for i, (name, rank) in enumerate(ranks.items())}
+    model_dir, paths = make_checkpoints(s, root, device)
     prompts = make_prompts(s.score_requests, s, seed=1)
     adapters = pick_adapters(s.score_requests, s, seed=2)
     engine = new_engine(model_dir, s, device, paths)

@@ -52,7 +52,6 @@ class DecodeGraphs:
         self.seg_slots, self.seg_ranks = ints(n), ints(n)
         self.seg_scales = torch.zeros(n, dtype=torch.float32, device=device)
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.host_segments: list[LoraSegment] = []
         self.pool = None
         self.num_replays = 0
 
@@ -67,56 +66,61 @@ class DecodeGraphs:
         n = len(chunks)
         size = self.sizes[bisect.bisect_left(self.sizes, n)]
         with_lora = any(c.request.adapter is not None for c in chunks)
-        self._fill(chunks, block_tables, slot_of, size)
         if not self.capture:
-            return self._forward(size, with_lora, chunks)[:n]
+            return self._forward(size, with_lora, *self._fill(chunks, block_tables, slot_of, size))[:n]
         key = (size, with_lora)
         if key not in self.graphs:
             self.graphs[key] = self._capture(size, with_lora)
-            self._fill(chunks, block_tables, slot_of, size)    # the capture's warm-up ran on padding
+        self._fill(chunks, block_tables, slot_of, size)
         graph, hidden = self.graphs[key]
         graph.replay()
         self.num_replays += 1
         return hidden[:n]
 
     def _fill(self, chunks: list[ScheduledChunk], block_tables: dict[str, list[int]],
-              slot_of: dict[str, int], size: int) -> None:
-        """Copy the step into rows [0, n) and padding into [n, size): one host-to-device copy per buffer."""
+              slot_of: dict[str, int], size: int) -> tuple[list[int], list[LoraSegment]]:
+        """Copy the step into rows [0, n) and padding into [n, size): one host-to-device copy per buffer.
+
+        Padding reads and writes the scratch block, with context length 1 and LoRA rank 0. Returns the
+        rows' context lengths and LoRA segments as host lists (what the torch path reads).
+        """
         bs, pad = self.block_size, size - len(chunks)
         positions = [c.start for c in chunks]
         tables = [block_tables[c.request.request_id] for c in chunks]
-        width = max(len(t) for t in tables)
+        width = max((len(t) for t in tables), default=1)
         rows = [t + [self.scratch_block] * (width - len(t)) for t in tables] + [[self.scratch_block] * width] * pad
         adapters = [c.request.adapter for c in chunks]
         slots = [0 if a is None else slot_of[a] for a in adapters] + [0] * pad
         ranks = [self.lora_weights.ranks[s] if a is not None else 0 for a, s in zip(adapters, slots)] + [0] * pad
         scales = [self.lora_weights.scales[s] if r else 0.0 for s, r in zip(slots, ranks)]
-        self.host_segments = [LoraSegment(i, i + 1, s, r, k)
-                              for i, (s, r, k) in enumerate(zip(slots, ranks, scales)) if r]
+        seq_lens = [p + 1 for p in positions] + [1] * pad
         copy = lambda dst, values, dtype: dst.copy_(torch.tensor(values, dtype=dtype), non_blocking=True)  # noqa: E731
         copy(self.input_ids[:size], [c.request.token_ids[c.start] for c in chunks] + [0] * pad, torch.long)
         copy(self.positions[:size], positions + [0] * pad, torch.long)
         copy(self.slot_mapping[:size], [t[p // bs] * bs + p % bs for t, p in zip(tables, positions)]
              + [self.scratch_block * bs] * pad, torch.long)
         copy(self.block_tables[:size, :width], rows, torch.long)
-        copy(self.seq_lens[:size], [p + 1 for p in positions] + [1] * pad, torch.int32)
+        copy(self.seq_lens[:size], seq_lens, torch.int32)
         copy(self.seg_slots[:size], slots, torch.int32)
         copy(self.seg_ranks[:size], ranks, torch.int32)
         copy(self.seg_scales[:size], scales, torch.float32)
+        segments = [LoraSegment(i, i + 1, s, r, k) for i, (s, r, k) in enumerate(zip(slots, ranks, scales)) if r]
+        return seq_lens, segments
 
-    def _forward(self, size: int, with_lora: bool, chunks: list[ScheduledChunk] | None = None) -> torch.Tensor:
+    def _forward(self, size: int, with_lora: bool, seq_lens: list[int],
+                 segments: list[LoraSegment]) -> torch.Tensor:
         """The forward over the first `size` rows of the buffers.
 
-        Under capture the lists only size the kernels' grids (every row is one query token); eager runs
-        pass the real lengths, which the torch reference path reads.
+        The Triton path reads lengths and segments from the buffers (the lists only size its grids: every
+        row is one query token), so a captured graph serves later steps; the torch path reads the lists.
         """
-        seq_lens = [c.start + 1 for c in chunks] + [1] * (size - len(chunks)) if chunks else [1] * size
         attn = AttentionMetadata(self.slot_mapping[:size], self.block_tables[:size], seq_lens,
                                  list(range(size + 1)), (self.seq_lens[:size], self.query_start[:size + 1]))
-        lora = LoraBatch(self.lora_weights, *self._lora_segments(size)) if with_lora else None
+        lora = LoraBatch(self.lora_weights, *self._lora_segments(size, segments)) if with_lora else None
         return self.model.forward(self.input_ids[:size], self.positions[:size], attn, self.kv_cache, lora)
 
-    def _lora_segments(self, size: int) -> tuple[list[LoraSegment], list[LoraSegment] | SegmentTable]:
+    def _lora_segments(self, size: int, segments: list[LoraSegment]
+                       ) -> tuple[list[LoraSegment], list[LoraSegment] | SegmentTable]:
         """(segments, kernel segments) of a `LoraBatch`: the device table over the buffers for Triton
         (the list is a placeholder: a graph always applies LoRA); the step's own list for torch."""
         if use_triton(self.model.embed):
@@ -124,28 +128,17 @@ class DecodeGraphs:
             table = SegmentTable(self.seg_starts[:size], self.seg_ends[:size], self.seg_slots[:size],
                                  self.seg_ranks[:size], self.seg_scales[:size], max_segment_len=1)
             return [_NO_OP], table
-        return self.host_segments or [_NO_OP], self.host_segments
+        return segments or [_NO_OP], segments
 
     def _capture(self, size: int, with_lora: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        self._fill_padding(size)
-        self.host_segments = []
+        host = self._fill([], {}, {}, size)          # all padding: the warm-up writes only the scratch block
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._forward(size, with_lora)          # compiles the kernels; writes only the scratch block
+            self._forward(size, with_lora, *host)    # compiles the kernels
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):   # worker threads
-            hidden = self._forward(size, with_lora)
+            hidden = self._forward(size, with_lora, *host)
         self.pool = graph.pool()
         return graph, hidden
-
-    def _fill_padding(self, size: int) -> None:
-        bs = self.block_size
-        self.input_ids[:size].zero_()
-        self.positions[:size].zero_()
-        self.slot_mapping[:size].fill_(self.scratch_block * bs)
-        self.block_tables[:size].fill_(self.scratch_block)
-        self.seq_lens[:size].fill_(1)
-        self.seg_ranks[:size].zero_()
-        self.seg_scales[:size].zero_()

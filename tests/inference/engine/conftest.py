@@ -18,7 +18,7 @@ ADAPTER_SPECS = {  # name -> (rank, target modules); ranks differ, targets diffe
 }
 
 
-def _build(root: Path, arch: str, tie: bool) -> dict:
+def build_checkpoint(root: Path, arch: str, tie: bool) -> dict:
     model_dir = build_tiny_model(root / "model", arch=arch, tie_word_embeddings=tie, vocab_size=320)
     build_tiny_tokenizer(model_dir)
     adapters = {name: build_tiny_adapter(model_dir, root / name, rank, target_modules=targets, seed=i + 1)
@@ -28,12 +28,12 @@ def _build(root: Path, arch: str, tie: bool) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> dict:
-    return _build(tmp_path_factory.mktemp("qwen2"), "qwen2", tie=False)
+    return build_checkpoint(tmp_path_factory.mktemp("qwen2"), "qwen2", tie=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> dict:
-    return _build(tmp_path_factory.mktemp("llama"), "llama", tie=True)
+    return build_checkpoint(tmp_path_factory.mktemp("llama"), "llama", tie=True)
 
 
 @pytest.fixture(params=["qwen2", "llama"])

@@ -12,29 +12,18 @@ pytest.importorskip("triton")
 if not torch.cuda.is_available():
     pytest.skip("CUDA graphs need a CUDA device", allow_module_level=True)
 
-from inference.engine.config import EngineConfig  # noqa: E402
 from inference.engine.engine import Engine  # noqa: E402
-from inference.engine.tiny_models import build_tiny_adapter, build_tiny_model  # noqa: E402
-from tests.inference.engine.conftest import ADAPTER_SPECS  # noqa: E402
-from tests.inference.engine.test_decode_graphs import PLAN, generate  # noqa: E402
+from tests.inference.engine.conftest import build_checkpoint  # noqa: E402
+from tests.inference.engine.test_decode_graphs import PLAN, generate, make_engine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("cuda-graphs")
-    model_dir = build_tiny_model(root / "model", "qwen2", vocab_size=320)
-    adapters = {name: build_tiny_adapter(model_dir, root / name, rank, target_modules=targets, seed=i + 1)
-                for i, (name, (rank, targets)) in enumerate(ADAPTER_SPECS.items())}
-    return {"model_dir": model_dir, "adapters": adapters}
+    return build_checkpoint(tmp_path_factory.mktemp("cuda-graphs"), "qwen2", tie=False)
 
 
 def engine_on_gpu(checkpoint: dict, sizes: tuple[int, ...]) -> Engine:
-    config = EngineConfig(block_size=4, num_blocks=96, max_num_batched_tokens=64, max_num_seqs=8,
-                          max_adapter_slots=4, cuda_graph_sizes=sizes)
-    engine = Engine(checkpoint["model_dir"], config, device="cuda")
-    for name, path in checkpoint["adapters"].items():
-        engine.register_adapter(name, path)
-    return engine
+    return make_engine(checkpoint, static_decode=False, sizes=sizes, device="cuda")
 
 
 def test_replayed_decode_graphs_give_the_eager_tokens(checkpoint):
