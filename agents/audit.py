@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from schemas import SchemaError, parse_object
+from schemas.units import NS_PER_S
 
 GENESIS_HASH = "0" * 64
 DIGEST_BYTES = 32
@@ -118,7 +119,7 @@ def request_payload(request: Any, *, window_s: int, config_digest: str) -> dict[
     """What an inference request was built from. The tick window is the features' long window:
     ticks in (ts_ns - window_s, ts_ns] (plus the last trade before it, the window's start price)."""
     return {"kind": "request", "forecast_id": request.id, "symbol": request.symbol, "ts_ns": request.ts_ns,
-            "trigger": request.trigger, "window_start_ns": request.ts_ns - window_s * 1_000_000_000,
+            "trigger": request.trigger, "window_start_ns": request.ts_ns - window_s * NS_PER_S,
             "window_end_ns": request.ts_ns, "news_ids": list(request.news_ids), "adapter": request.adapter,
             "config_hash": config_digest}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from schemas.units import NS_PER_S
 from streams.settings import env_flag
 
-NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from schemas import Quote, Tick, Trade
+from schemas.units import NS_PER_S
 
-NS_PER_S = 1_000_000_000
 MIN_VOL_PER_SQRT_S = 1e-5
 
 

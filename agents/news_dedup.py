@@ -22,9 +22,9 @@ from redis.exceptions import RedisError
 from agents.news_policy import NewsPolicy
 from agents.sanitise import LRU_ENTRIES, LocalSeen, dedup_keys, duplicate, screen
 from schemas import NewsItem
+from schemas.units import NS_PER_MS
 
 log = logging.getLogger("finllm.agents.news")
-NS_PER_MS = 1_000_000
 REDIS_TIMEOUT_S = 0.25
 RETRY_AFTER_S = 5.0
 

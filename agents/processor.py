@@ -25,6 +25,7 @@ from agents.prompt import news_block, numeric_tail
 from agents.signal import numeric_probs
 from schemas import InferenceRequest, NewsItem, Probs, Tick, forecast_id
 from schemas.fields import MAX_TS_NS
+from schemas.units import NS_PER_MS
 
 MAX_SEEN_NEWS = 10_000
 
@@ -70,7 +71,7 @@ class SymbolState:
         self.seen_news: OrderedDict[str, None] = OrderedDict()
         self.waiting: list[tuple[int, str]] = []                 # news triggers waiting for ticks past them
         self.held: list[tuple[int, str, str, int]] = []          # (T, trigger, news_id, ready_wall_ns)
-        self.tick_lateness_ns = cfg.tick_lateness_ms * 1_000_000
+        self.tick_lateness_ns = cfg.tick_lateness_ms * NS_PER_MS
         self.newest_tick_ns: int | None = None
         self.tick_wm_ns: int | None = None       # newest tick time less the tick lateness
         self.partition = 0
@@ -118,7 +119,7 @@ class SymbolState:
     def _may_fire(self, held: tuple[int, str, str, int], wall_ns: int, gate: NewsGate) -> bool:
         t, _, _, ready_wall_ns = held
         return ((gate.mark_ns is not None and gate.mark_ns > t)
-                or (gate.idle and wall_ns - ready_wall_ns >= self.cfg.news_grace_ms * 1_000_000)
+                or (gate.idle and wall_ns - ready_wall_ns >= self.cfg.news_grace_ms * NS_PER_MS)
                 or self.tick_wm_ns - t > self.lateness_ns)
 
     def _due_cadence(self, ts_ns: int) -> list[tuple[int, str, str]]:
@@ -214,7 +215,7 @@ class Processor:
         if self.started_wall_ns is None:
             self.started_wall_ns = wall_ns
         last_wall_ns = self.watermark_wall_ns.get(partition, self.started_wall_ns)
-        idle = wall_ns - last_wall_ns >= self.cfg.news_idle_ms * 1_000_000
+        idle = wall_ns - last_wall_ns >= self.cfg.news_idle_ms * NS_PER_MS
         gate = NewsGate(self.marks.get(partition), idle)
         self._last_gate = ((partition, wall_ns), gate)
         return gate
@@ -264,7 +265,7 @@ class Processor:
         probs = Probs(1 / 3, 1 / 3, 1 / 3)
         return InferenceRequest(f"warmup-{forecast_id(symbol, at_ns, 'warmup', head[-64:])}", symbol, at_ns,
                                 self.cfg.horizon_s, "news", head, probs, (), self.cfg.adapter_for(symbol),
-                                created_wall_ns, created_wall_ns, created_wall_ns + self.cfg.deadline_ms * 1_000_000,
+                                created_wall_ns, created_wall_ns, created_wall_ns + self.cfg.deadline_ms * NS_PER_MS,
                                 kind="warmup")
 
     def due_warmup(self, symbol: str, created_wall_ns: int) -> InferenceRequest | None:
@@ -312,7 +313,7 @@ class Processor:
             prompt=prompt, numeric=numeric_probs(fired.features, cfg.horizon_s, cfg.flat_bps, cfg.momentum_coef),
             news_ids=tuple(n.id for n in news), adapter=cfg.adapter_for(fired.symbol),
             ingest_wall_ns=fired.ingest_wall_ns, created_wall_ns=created_wall_ns,
-            deadline_wall_ns=fired.ingest_wall_ns + cfg.deadline_ms * 1_000_000,
+            deadline_wall_ns=fired.ingest_wall_ns + cfg.deadline_ms * NS_PER_MS,
             features=_features(fired, dropped=len(fired.news) - len(news)))
 
     def _prompt(self, fired: Fired, news: tuple[NewsItem, ...]) -> tuple[tuple[NewsItem, ...], str]:

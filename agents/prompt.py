@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 
 from agents.features import Features
 from schemas import NewsItem
+from schemas.units import NS_PER_S
 
-NS_PER_S = 1_000_000_000
 MAX_HEADLINE_CHARS = 200
 _TAG = re.compile(r"<[^>]{0,200}>")
 _SPACE = re.compile(r"\s+")

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from agents.news_policy import NewsPolicy
 from agents.prompt import sanitise_text
 from schemas import NewsItem
+from schemas.units import NS_PER_MS
 
 KEY_BYTES = 16
 LRU_ENTRIES = 100_000
@@ -120,7 +121,7 @@ class LocalNewsScreen:
     def admit(self, item: NewsItem) -> NewsItem:
         clean = screen(item, self.policy)
         window_ms = self.policy.dedup_ttl_s * 1000
-        original = self.seen.seen_before(dedup_keys(clean), clean.id, clean.ts_ns // 1_000_000, window_ms)
+        original = self.seen.seen_before(dedup_keys(clean), clean.id, clean.ts_ns // NS_PER_MS, window_ms)
         if original is not None:
             raise duplicate(item, original, self.policy)
         return clean

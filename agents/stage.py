@@ -25,11 +25,11 @@ from agents.recovery import Recovery
 from agents.sanitise import NewsRejected
 from schemas import (DeadLetter, InferenceRequest, NewsWatermark, SchemaError, Tick, decode_news_event, decode_ticks,
                      encode)
+from schemas.units import NS_PER_S
 from streams.metrics import AgentsMetrics
 from streams.topics import Topics
 
 log = logging.getLogger("finllm.agents")
-NS_PER_S = 1_000_000_000
 MAX_AHEAD_OF_WALL_NS = 86_400 * NS_PER_S       # event time a day past the wall clock: a broken clock
 MAX_TICK_GAP_NS = 7 * 86_400 * NS_PER_S        # a symbol silent this long starts a new session
 ALIGN_AHEAD_S = 120      # a partition's ticks may run this far ahead of its oldest trigger waiting for news
@@ -230,7 +230,7 @@ class Stage:
         for f in fired:
             request = self.processor.request(f, time.time_ns())
             metrics.triggers.labels(f.trigger).inc()
-            metrics.trigger_wait_s.observe(max(request.created_wall_ns - f.ingest_wall_ns, 0) / 1e9)
+            metrics.trigger_wait_s.observe(max(request.created_wall_ns - f.ingest_wall_ns, 0) / NS_PER_S)
             outbox.futures.append(await self.sinks.requests(key=(request.adapter or request.symbol).encode(),
                                                             value=encode(request)))
             outbox.futures.append(await self.audit.write(request_payload(request, window_s=cfg.long_window_s,

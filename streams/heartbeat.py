@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import orjson
 import redis.asyncio as aioredis
 
+from schemas.units import NS_PER_S
+
 TTL_S = 15
 
 
@@ -73,7 +75,7 @@ class Heartbeat:
         previous, self.previous = self.previous, (now_ns, figures)
         if previous is None or now_ns <= previous[0]:
             return figures
-        elapsed_s = (now_ns - previous[0]) / 1e9
+        elapsed_s = (now_ns - previous[0]) / NS_PER_S
         rates = {k.removesuffix("_total") + "_per_s": (v - previous[1].get(k, 0)) / elapsed_s
                  for k, v in figures.items() if k.endswith("_total") and isinstance(v, (int, float))}
         return figures | rates

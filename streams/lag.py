@@ -15,10 +15,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 
+from schemas.units import NS_PER_S
 from streams.settings import KafkaSettings
 
 FETCH_TIMEOUT_MS = 300
-NS_PER_S = 1e9
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RECENT_LATENCIES = 4096          # end-to-end latencies kept for the percentiles in the heartbeat
 OBSERVE_INTERVAL_S = 5.0         # heartbeat and lag sampling period
-NS_PER_S = 1e9
 
 
 class ProcessMetrics:

@@ -12,12 +12,12 @@ import orjson
 from tqdm import tqdm
 
 from schemas import NewsWatermark, encode
+from schemas.units import NS_PER_MS, NS_PER_S
 from streams.metrics import ReplayMetrics, run_observability
 from streams.producer import make_producer
 from streams.settings import KafkaSettings
 from streams.tape import Tape
 
-NS_PER_S = 1_000_000_000
 MAX_SLEEP_S = 1.0
 WATERMARK_EVERY_NS = NS_PER_S          # a news watermark as event time enters each new second ...
 WATERMARK_MIN_GAP_S = 0.02             # ... at most 50 a second of wall time (fast replays need few)
@@ -70,7 +70,7 @@ async def replay(tape: Tape, settings: KafkaSettings, *, speed: float | None = N
         news_partitions = sorted(await producer.partitions_for(topics.news))
         bar = tqdm(total=len(tape.ticks) + len(tape.news), unit="ev", disable=not _show(progress))
         marked_ns, marked_at = None, 0.0
-        bundler = TickBundler(bundle_ms * 1_000_000)
+        bundler = TickBundler(bundle_ms * NS_PER_MS)
         for kind, row in tape.events():
             ts_ns = row.get("ts_ns")
             await pacer.wait(ts_ns)

@@ -17,6 +17,8 @@ from typing import Iterator, Literal
 import numpy as np
 import polars as pl
 
+from schemas.units import NS_PER_S
+
 TICK_SCHEMA: dict[str, pl.DataType] = {
     "symbol": pl.String(), "ts_ns": pl.Int64(), "kind": pl.String(),
     "price": pl.Float64(), "size": pl.Float64(),
@@ -35,7 +37,6 @@ TICK_KINDS = ("trade", "quote")
 NON_NULL = {"ticks": ("symbol", "ts_ns", "kind"),
             "news": ("id", "ts_ns", "source", "headline", "symbols")}
 CSV_LIST_SEPARATOR = ";"
-NS_PER_S = 1_000_000_000
 
 Event = tuple[Literal["tick", "news"], dict]
 
