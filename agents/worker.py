@@ -9,14 +9,15 @@ import faust
 from agents.app import create_app
 from agents.config import AgentsConfig
 from streams.ports import free_port
-from streams.settings import KafkaSettings
+from streams.settings import KafkaSettings, work_dir
 
 
 def main() -> None:
     kafka = KafkaSettings.from_env()
     web_port = int(os.environ.get("FINLLM_AGENTS_WEB_PORT") or free_port())
-    app = create_app(kafka, AgentsConfig.from_env(), web_port=web_port,
-                     app_id=os.environ.get("FINLLM_AGENTS_APP_ID", "finllm-agents"),
+    app_id = os.environ.get("FINLLM_AGENTS_APP_ID", "finllm-agents")
+    app = create_app(kafka, AgentsConfig.from_env(), web_port=web_port, app_id=app_id,
+                     datadir=work_dir("agents") / f"{app_id}-data",
                      redis_url=os.environ.get("FINLLM_REDIS_URL") or None)
     level = os.environ.get("FINLLM_LOG_LEVEL", "INFO")
     logging.getLogger("faust").setLevel(level)

@@ -16,15 +16,16 @@ class WorkerFailed(RuntimeError):
 
 
 class WorkerProcess:
-    """`python -m MODULE` in its own process group, logging to `workdir/NAME.log`; ready once it
-    creates the file named by FINLLM_READY_FILE."""
+    """`python -m MODULE` in its own process group, with `workdir` as its FINLLM_WORK_DIR, logging to
+    `workdir/NAME.log`; ready once it creates the file named by FINLLM_READY_FILE."""
 
     def __init__(self, name: str, module: str, env: dict[str, str], workdir: Path) -> None:
         self.name = name
+        workdir = workdir.resolve()
         self.log_path = workdir / f"{name}.log"
         self.ready_path = workdir / f"{name}.ready"
         self.ready_path.unlink(missing_ok=True)
-        env = dict(env, FINLLM_READY_FILE=str(self.ready_path), PYTHONUNBUFFERED="1")
+        env = dict(env, FINLLM_READY_FILE=str(self.ready_path), FINLLM_WORK_DIR=str(workdir), PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from streams.topics import DEFAULT_PARTITIONS, Topics
@@ -68,3 +69,16 @@ def redis_url_from_env(url: str | None = None, env: dict[str, str] | None = None
     if not url:
         raise ValueError("no Redis: pass --redis or set FINLLM_REDIS_URL")
     return url
+
+
+def cache_dir(env: dict[str, str] | Any = None) -> Path:
+    """Where built models, hot-loaded adapters and worker state live: FINLLM_CACHE_DIR, else ~/.cache/finllm."""
+    env = os.environ if env is None else env
+    return Path(env.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm")
+
+
+def work_dir(service: str, env: dict[str, str] | Any = None) -> Path:
+    """A worker's own folder for files it must write: FINLLM_WORK_DIR (set by the supervisor that
+    started it), else `<cache>/work/<service>`. Never the current directory."""
+    env = os.environ if env is None else env
+    return Path(env["FINLLM_WORK_DIR"]) if env.get("FINLLM_WORK_DIR") else cache_dir(env) / "work" / service

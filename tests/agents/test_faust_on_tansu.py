@@ -1,8 +1,8 @@
 """A real faust-streaming worker process against the embedded Tansu broker.
 
-The worker runs `faust.Worker` over an app built by a factory with
-`streams.faust_settings.faust_broker_settings`; it upper-cases every value of
-a 4-partition topic into a 1-partition topic. Timings are printed (-s).
+The worker runs `faust.Worker` over an app built with the agents worker's own settings
+(`agents.app.faust_settings`); it upper-cases every value of a 4-partition topic into a 1-partition
+topic. Timings are printed (-s).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import faust
 
-from streams.faust_settings import faust_broker_settings
+from agents.app import faust_settings
+from streams.settings import KafkaSettings
 
 
 def create_app(bootstrap, web_port, app_id, source, sink, datadir):
-    settings = faust_broker_settings(bootstrap, web_port=web_port, datadir=datadir)
-    app = faust.App(app_id, **settings)
+    app = faust.App(app_id, **faust_settings(KafkaSettings(bootstrap), web_port=web_port, datadir=datadir))
     raw = dict(key_serializer="raw", value_serializer="raw")
     source_topic = app.topic(source, partitions=4, **raw)
     sink_topic = app.topic(sink, partitions=1, **raw)
