@@ -23,7 +23,8 @@ from agents.recovery import CheckpointStore, Recovery
 from agents.stage import EventGuard, Sinks, Stage
 from agents.transport import broker_url
 from streams.health import mark_ready
-from streams.metrics import AgentsMetrics, run_observability
+from agents.metrics import AgentsMetrics
+from streams.metrics import run_observability
 from streams.settings import KafkaSettings
 
 __all__ = ["EventGuard", "create_app", "faust_settings"]

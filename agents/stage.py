@@ -26,7 +26,7 @@ from agents.sanitise import NewsRejected
 from schemas import (DeadLetter, InferenceRequest, NewsWatermark, SchemaError, Tick, decode_news_event, decode_ticks,
                      encode)
 from schemas.units import NS_PER_S
-from streams.metrics import AgentsMetrics
+from agents.metrics import AgentsMetrics
 from streams.topics import Topics
 
 log = logging.getLogger("finllm.agents")

@@ -24,7 +24,8 @@ from inference.scoring import ScoreItem, ScoreResult, Scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
 from streams.health import mark_ready
 from streams.latest import LatestStore
-from streams.metrics import InferenceMetrics, run_observability
+from inference.metrics import InferenceMetrics
+from streams.metrics import run_observability
 from streams.producer import DeadLetters, make_producer
 from streams.settings import KafkaSettings, env_flag
 

@@ -5,7 +5,9 @@ import urllib.request
 
 import pytest
 
-from streams.metrics import (AgentsMetrics, InferenceMetrics, ReplayMetrics, exported_names, serve_metrics)
+from agents.metrics import AgentsMetrics
+from inference.metrics import InferenceMetrics
+from streams.metrics import ReplayMetrics, exported_names, serve_metrics
 from streams.ports import free_port
 
 
@@ -17,8 +19,8 @@ def sample(text: str, line_start: str) -> float:
     return float(next(line for line in text.splitlines() if line.startswith(line_start)).rsplit(" ", 1)[1])
 
 
-def test_exported_names_spell_counters_and_histograms_as_scraped() -> None:
-    names = exported_names()
+def test_exported_names_spell_counters_and_histograms_as_scraped(metric_groups) -> None:
+    names = exported_names(metric_groups)
     assert {"finllm_replay_events_sent_total", "finllm_replay_lag_seconds", "finllm_agents_events_in_total",
             "finllm_deadletters_total", "finllm_consumer_lag_messages", "finllm_consumer_lag_seconds",
             "finllm_tick_to_forecast_seconds_bucket", "finllm_inference_latency_seconds_count",
