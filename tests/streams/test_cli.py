@@ -1,4 +1,4 @@
-"""The `finllm` commands of the streams layer, run as a user would (subprocess, real broker and Redis)."""
+"""The `finllm` stack and tape commands, run as a user would (subprocess, real broker and Redis)."""
 import asyncio
 import os
 import subprocess
@@ -14,7 +14,7 @@ from streams.admin import ensure_topics
 from streams.latest import LatestStore
 from streams.topics import Topics
 
-FINLLM = [sys.executable, "-c", "from streams.cli import main; main()"]
+FINLLM = [sys.executable, "-m", "agents.cli"]
 
 
 def finllm(*args, env=None, timeout=120):
