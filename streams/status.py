@@ -1,4 +1,4 @@
-"""`finllm status`: one screen on a running stack.
+"""What `finllm status` shows: one screen on a running stack (the command is in agents/cli/stack.py).
 
 Services up (Kafka, Redis, and every worker whose Redis heartbeat is live), topics with each
 consumer group's lag, throughput and latency percentiles from the workers' heartbeats, and the
@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import redis.asyncio as aioredis
 
 from streams.heartbeat import HealthRecord, read_health
@@ -153,19 +152,3 @@ def _ms(seconds: Any) -> str:
 def _names(names: Any) -> str:
     return ",".join(names) if isinstance(names, list) and names else "-"
 
-
-@click.command()
-@click.option("--bootstrap", envvar="FINLLM_KAFKA_BOOTSTRAP", help="Kafka bootstrap HOST:PORT.")
-@click.option("--redis", "redis_url", envvar="FINLLM_REDIS_URL", help="Redis URL.")
-def status(bootstrap: str | None, redis_url: str | None) -> None:
-    """One screen on a running stack: services, topics and lag, throughput, latency, adapters.
-
-    The topic prefix comes from FINLLM_TOPIC_PREFIX."""
-    try:
-        kafka, url = KafkaSettings.from_env(bootstrap), redis_url_from_env(redis_url)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    view = asyncio.run(gather_status(kafka, url))
-    click.echo(render(view))
-    if not view.ok:
-        raise SystemExit(1)

@@ -30,27 +30,33 @@ START_NS = 1_767_623_400 * NS_PER_S  # 2026-01-05 14:30:00 UTC, a Monday's US op
 SECONDS_PER_YEAR = 252 * 6.5 * 3600
 SAMPLE_SEED, SAMPLE_SYMBOLS, SAMPLE_MINUTES = 7, 4, 30.0
 
-COMPANIES: tuple[tuple[str, str], ...] = tuple(
+# ticker:company name:sector; the sectors group the shipped LoRA adapters (agents/lab/training.py)
+_COMPANY_ROWS: tuple[tuple[str, str, str], ...] = tuple(
     tuple(entry.split(":")) for entry in (  # type: ignore[misc]
-        "ACME:Acme Corp", "BOLT:Bolt Dynamics", "CRUX:Crux Therapeutics", "DYNO:Dyno Motors",
-        "EMBR:Ember Energy", "FLUX:Flux Semiconductor", "GRID:Gridline Utilities",
-        "HALO:Halo Aerospace", "IONX:Ionix Batteries", "JADE:Jade Retail Group",
-        "KITE:Kite Logistics", "LUMO:Lumo Lighting", "MESA:Mesa Minerals", "NOVA:Nova Biotech",
-        "ORBT:Orbital Networks", "PIKE:Pike Financial", "QUIL:Quill Software",
-        "RIFT:Rift Gaming", "SAGE:Sage Health", "TIDE:Tide Shipping", "UMBR:Umbra Security",
-        "VALE:Vale Foods", "WISP:Wisp Telecom", "XENO:Xeno Pharmaceuticals",
-        "YARD:Yardstick Analytics", "ZEST:Zest Beverages", "ARCX:Arcadia Robotics",
-        "BRIO:Brio Apparel", "CASK:Cask Brewing", "DUNE:Dune Oil & Gas", "ECHO:Echo Media",
-        "FERN:Fern Agritech", "GLOW:Glow Cosmetics", "HIVE:Hive Cloud", "IRIS:Iris Optics",
-        "JOLT:Jolt Payments", "KEEL:Keel Marine", "LYNX:Lynx Cybernetics", "MOSS:Moss Timber",
-        "NEXO:Nexo Insurance", "OPAL:Opal Jewelers", "PRSM:Prism Displays",
-        "QUAY:Quay Real Estate", "ROVR:Rover Automotive", "SOLR:Solaris Power",
-        "TRAK:Trak Railways", "UNIT:Unity Hospitals", "VRTX:Vortex Chemicals",
-        "WAVE:Wave Wireless", "XYLO:Xylo Instruments", "YETI:Yeti Outdoor", "ZINC:Zinc Metals",
-        "ATLS:Atlas Freight", "BEAM:Beam Lasers", "CORE:Core Materials", "DART:Dart Airlines",
-        "EDGE:Edge Computing", "FORT:Fort Bank", "GUST:Gust Wind", "HELX:Helix Genomics",
+        "ACME:Acme Corp:industrials", "BOLT:Bolt Dynamics:technology", "CRUX:Crux Therapeutics:healthcare",
+        "DYNO:Dyno Motors:consumer", "EMBR:Ember Energy:industrials", "FLUX:Flux Semiconductor:technology",
+        "GRID:Gridline Utilities:industrials", "HALO:Halo Aerospace:industrials", "IONX:Ionix Batteries:technology",
+        "JADE:Jade Retail Group:consumer", "KITE:Kite Logistics:industrials", "LUMO:Lumo Lighting:technology",
+        "MESA:Mesa Minerals:industrials", "NOVA:Nova Biotech:healthcare", "ORBT:Orbital Networks:technology",
+        "PIKE:Pike Financial:consumer", "QUIL:Quill Software:technology", "RIFT:Rift Gaming:technology",
+        "SAGE:Sage Health:healthcare", "TIDE:Tide Shipping:industrials", "UMBR:Umbra Security:technology",
+        "VALE:Vale Foods:consumer", "WISP:Wisp Telecom:technology", "XENO:Xeno Pharmaceuticals:healthcare",
+        "YARD:Yardstick Analytics:technology", "ZEST:Zest Beverages:consumer", "ARCX:Arcadia Robotics:technology",
+        "BRIO:Brio Apparel:consumer", "CASK:Cask Brewing:consumer", "DUNE:Dune Oil & Gas:industrials",
+        "ECHO:Echo Media:technology", "FERN:Fern Agritech:healthcare", "GLOW:Glow Cosmetics:consumer",
+        "HIVE:Hive Cloud:technology", "IRIS:Iris Optics:technology", "JOLT:Jolt Payments:technology",
+        "KEEL:Keel Marine:industrials", "LYNX:Lynx Cybernetics:technology", "MOSS:Moss Timber:industrials",
+        "NEXO:Nexo Insurance:consumer", "OPAL:Opal Jewelers:consumer", "PRSM:Prism Displays:technology",
+        "QUAY:Quay Real Estate:consumer", "ROVR:Rover Automotive:consumer", "SOLR:Solaris Power:industrials",
+        "TRAK:Trak Railways:industrials", "UNIT:Unity Hospitals:healthcare", "VRTX:Vortex Chemicals:industrials",
+        "WAVE:Wave Wireless:technology", "XYLO:Xylo Instruments:technology", "YETI:Yeti Outdoor:consumer",
+        "ZINC:Zinc Metals:industrials", "ATLS:Atlas Freight:industrials", "BEAM:Beam Lasers:technology",
+        "CORE:Core Materials:industrials", "DART:Dart Airlines:consumer", "EDGE:Edge Computing:technology",
+        "FORT:Fort Bank:consumer", "GUST:Gust Wind:industrials", "HELX:Helix Genomics:healthcare",
     )
 )
+COMPANIES: tuple[tuple[str, str], ...] = tuple((ticker, name) for ticker, name, _ in _COMPANY_ROWS)
+SECTOR_OF: dict[str, str] = {ticker: sector for ticker, _, sector in _COMPANY_ROWS}
 SOURCES = ("newswire", "wire2", "filings", "blog", "social")
 EXPLAINING_SOURCE_WEIGHTS = (0.4, 0.3, 0.2, 0.05, 0.05)
 NOISE_SOURCE_WEIGHTS = (0.15, 0.15, 0.1, 0.3, 0.3)

@@ -17,7 +17,7 @@ from streams.producer import make_producer
 from streams.settings import KafkaSettings
 from streams.topics import Topics
 
-FINLLM = [sys.executable, "-c", "from streams.cli import main; main()"]
+FINLLM = [sys.executable, "-m", "agents.cli"]
 
 
 def build(producer: str, n: int) -> list[AuditEntry]:

@@ -9,7 +9,7 @@ import orjson
 import polars as pl
 import pytest
 
-from agents.demo import DemoOptions, run_demo
+from agents.lab.demo import DemoOptions, run_demo
 from streams.synth import write_synth_tape
 
 pytestmark = pytest.mark.integration

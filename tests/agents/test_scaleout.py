@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from agents.config import AgentsConfig
-from agents.demo import DemoOptions, run_demo
+from agents.lab.demo import DemoOptions, run_demo
 from agents.offline import fired_triggers
 from agents.processor import Processor
 from streams.synth import write_synth_tape

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from click.testing import CliRunner
 
 from streams.admin import ensure_topics
-from streams.cli import cli
+from agents.cli import cli
 from streams.heartbeat import Heartbeat, read_health
 from streams.lag import LagProbe
 from streams.metrics import ReplayMetrics

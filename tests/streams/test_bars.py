@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from streams.bars import bar_length_ns, bars_to_tape, import_bars, normalise_bars, read_bars
-from streams.cli import cli
+from agents.cli import cli
 from streams.tape import NS_PER_S, Tape, TapeError
 
 DAY_NS = 86_400 * NS_PER_S

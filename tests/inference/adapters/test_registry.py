@@ -16,7 +16,7 @@ from inference.engine.scorer import EngineScorer
 from inference.modelbuild import model_fingerprint
 from inference.registry_watch import RegistryWatch, SerializedScorer, start_registry_watch
 from inference.scoring import ScoreItem
-from streams.cli import cli
+from agents.cli import cli
 from streams.latest import LatestStore
 
 PROMPT = "News: shares rally.\nDirection (up, down or flat):"

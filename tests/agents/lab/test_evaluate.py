@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from agents.config import NS_PER_S, AgentsConfig
-from agents.evaluate import EvalOptions, evaluate_tape, latency_adjusted_labels
+from agents.lab.evaluate import EvalOptions, evaluate_tape, latency_adjusted_labels
 from inference.adapters.metrics import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
 from inference.scoring import LABELS, ScoreItem, ScoreResult
-from streams.cli import cli
+from agents.cli import cli
 from streams.synth import synth_tape
 from streams.tape import Tape
 
@@ -101,7 +101,7 @@ def tape() -> Tape:
 
 
 def test_an_informative_llm_lifts_the_fused_forecast(tape):
-    from agents.examples import build_examples
+    from agents.lab.examples import build_examples
 
     labels = {e.request.id: e.label for e in build_examples(tape, CFG)}
     evaluation = evaluate_tape(tape, CFG, OracleScorer(labels, 0.5), EvalOptions(n_boot=100))
@@ -134,7 +134,7 @@ def test_eval_cli_writes_the_report_and_plots(tape, tmp_path):
 
 
 def test_fit_weights_uses_the_first_part_and_trusts_an_informative_llm(tape):
-    from agents.examples import build_examples
+    from agents.lab.examples import build_examples
 
     labels = {e.request.id: e.label for e in build_examples(tape, CFG)}
     evaluation = evaluate_tape(tape, CFG, OracleScorer(labels, 0.5), EvalOptions(n_boot=50, fit_weights=True))

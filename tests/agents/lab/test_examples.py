@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from agents.config import NS_PER_S, AgentsConfig
-from agents.examples import Example, build_examples, requests_from_tape, split_by_time, with_adapters
+from agents.lab.examples import Example, build_examples, requests_from_tape, split_by_time, with_adapters
 from agents.offline import fired_triggers
 from agents.processor import Processor
 from streams.synth import synth_tape

@@ -1,4 +1,4 @@
-"""`finllm demo`: the command around `agents.demo.run_demo`."""
+"""`finllm demo`: the command around `agents.lab.demo.run_demo`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,7 @@ from pathlib import Path
 import click
 import orjson
 
-from agents.demo import DemoOptions, run_demo
-from streams.synth import sample_tape_path
+from agents.cli.options import bootstrap_option, redis_option
 
 
 @click.command()
@@ -17,8 +16,8 @@ from streams.synth import sample_tape_path
 @click.option("--speed", type=float, default=60.0, show_default=True, help="Replay at this multiple of real time.")
 @click.option("--max", "as_fast", is_flag=True, help="Replay as fast as possible (latency then includes backlog).")
 @click.option("--partitions", default=4, show_default=True)
-@click.option("--bootstrap", envvar="FINLLM_KAFKA_BOOTSTRAP", help="Use this Kafka instead of the embedded broker.")
-@click.option("--redis", "redis_url", envvar="FINLLM_REDIS_URL", help="Use this Redis instead of the embedded one.")
+@bootstrap_option("Use this Kafka instead of the embedded broker.")
+@redis_option("Use this Redis instead of the embedded one.")
 @click.option("--engine", type=click.Choice(["paged", "hf"]), default="paged", show_default=True,
               help="paged: our multi-LoRA engine; hf: transformers + PEFT.")
 @click.option("--model", type=click.Path(exists=True, file_okay=False), envvar="FINLLM_MODEL",
@@ -33,6 +32,9 @@ def demo(out_dir: Path, tape: Path | None, speed: float, as_fast: bool, partitio
          redis_url: str | None, engine: str, model: str | None, timeout_s: float, inject_bad: int,
          agents_workers: int, bundle_ms: int, adapters: bool) -> None:
     """Replay a tape through the whole pipeline and report forecasts, latency and accuracy."""
+    from agents.lab.demo import DemoOptions, run_demo
+    from streams.synth import sample_tape_path
+
     opts = DemoOptions(out_dir, tape or sample_tape_path(), None if as_fast else speed, partitions, bootstrap, redis_url, engine,
                        model, timeout_s, inject_bad, agents_workers, bundle_ms, adapters)
     report = run_demo(opts)

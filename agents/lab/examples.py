@@ -15,12 +15,12 @@ from typing import Sequence
 import polars as pl
 
 from agents.config import NS_PER_S, AgentsConfig
+from agents.lab import TASKS
 from agents.offline import fired_triggers
 from agents.processor import Processor
 from schemas import InferenceRequest
 from streams.tape import Tape
 
-TASKS = ("direction", "sentiment")
 SENTIMENT_LABELS = {1: "up", -1: "down", 0: "flat"}
 
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
-from agents.report import build_report, forecasts_frame
+from agents.lab.report import build_report, forecasts_frame
 from inference.adapters.shipped import load_routing
 from schemas import Forecast, SchemaError, decode_deadletter, decode_forecast
 from streams.admin import ensure_topics

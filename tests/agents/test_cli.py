@@ -1,4 +1,4 @@
-"""The `finllm` commands of the streams layer, run as a user would (subprocess, real broker and Redis)."""
+"""The `finllm` stack and tape commands, run as a user would (subprocess, real broker and Redis)."""
 import asyncio
 import os
 import subprocess
@@ -14,7 +14,7 @@ from streams.admin import ensure_topics
 from streams.latest import LatestStore
 from streams.topics import Topics
 
-FINLLM = [sys.executable, "-c", "from streams.cli import main; main()"]
+FINLLM = [sys.executable, "-m", "agents.cli"]
 
 
 def finllm(*args, env=None, timeout=120):
@@ -30,6 +30,15 @@ def test_tape_synth_same_seed_same_bytes(tmp_path):
     for name in ("ticks.parquet", "news.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
+
+
+def test_the_command_line_starts_without_heavy_imports():
+    """Every command module is imported by the group: what a command runs on is imported inside it."""
+    code = ("import sys, agents.cli; print(sorted(m for m in ('torch', 'transformers', 'polars', 'numpy', "
+            "'aiokafka', 'faust', 'redis', 'agents.lab.demo', 'inference') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+    assert "--bootstrap" in finllm("status", "--help") and "demo" in finllm("--help")
 
 @pytest.mark.integration
 def test_replay_max_publishes_every_event_in_order(tmp_path, kafka_bootstrap, topic_prefix):

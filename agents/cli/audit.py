@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.audit import ChainReport, verify_chain
-from streams.cli import bootstrap_option
-from streams.settings import KafkaSettings
+from agents.cli.options import bootstrap_option, kafka_settings
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from agents.audit import ChainReport
+    from streams.settings import KafkaSettings
 
 FETCH_TIMEOUT_MS = 100
 
@@ -27,6 +31,8 @@ class MissingTopicError(RuntimeError):
 
 async def read_topic(kafka: KafkaSettings, topic: str, *, idle_s: float) -> list[tuple[int, bytes | None]]:
     """Every record of `topic` as (offset, value), partition after partition, each in offset order."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -69,14 +75,13 @@ def audit() -> None:
 
 
 @audit.command()
-@bootstrap_option
+@bootstrap_option()
 @click.option("--idle-s", default=1.0, show_default=True, help="The topic's end: this long without records.")
 def verify(bootstrap: str | None, idle_s: float) -> None:
     """Check every chain on the audit topic; exit 1 naming the first broken link."""
-    try:
-        kafka = KafkaSettings.from_env(bootstrap)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
+    from agents.audit import verify_chain
+
+    kafka = kafka_settings(bootstrap)
     try:
         records = asyncio.run(read_topic(kafka, kafka.topics.audit, idle_s=idle_s))
     except MissingTopicError as error:

@@ -7,8 +7,6 @@ import click
 import orjson
 
 from agents.config import AgentsConfig
-from agents.evaluate import BASELINES, FORECASTS, EvalOptions, evaluate_tape, write_plots
-from agents.examples import with_adapters
 
 
 @click.command(name="eval")
@@ -39,6 +37,7 @@ def eval_cmd(tape_dir: Path, out_dir: Path, adapters_dir: Path | None, no_adapte
     sign, random walk), each with a 95% cluster-bootstrap interval, and a latency-adjusted hit
     rate; writes OUT/eval.json, OUT/forecasts.parquet and PNG plots.
     """
+    from agents.lab.evaluate import EvalOptions, evaluate_tape, write_plots
     from inference.fusion import FusionWeights
     from streams.tape import Tape
 
@@ -66,6 +65,7 @@ def eval_cmd(tape_dir: Path, out_dir: Path, adapters_dir: Path | None, no_adapte
 
 def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> tuple[Path, AgentsConfig, dict]:
     """(model folder, agents config routing symbols to adapters, adapter name -> folder)."""
+    from agents.lab.examples import with_adapters
     from inference.adapters.shipped import load_routing
     from inference.models import resolve_model_dir
 
@@ -98,6 +98,8 @@ def _scorer(engine: str, model_dir: Path, adapters: dict):
 
 
 def summary(report: dict) -> str:
+    from agents.lab.evaluate import BASELINES, FORECASTS
+
     lines = [f"{report['n']} forecasts evaluated (after {report['train_forecasts']} for the baselines' fit)",
              f"{'forecast':<14} {'accuracy':>8} {'mcc':>7} {'mcc 95% CI':>17} {'brier':>6} {'logloss':>7} {'ece':>6}"]
     rows = [(name, report[name]) for name in FORECASTS] + [(n, report["baselines"][n]) for n in BASELINES]

@@ -1,6 +1,6 @@
 """Honest forecast evaluation: replay the held-out last part of a tape through the pipeline's code.
 
-Requests are what the agents send (`agents.examples`: the offline processor, same prompts, same
+Requests are what the agents send (`agents.lab.examples`: the offline processor, same prompts, same
 numeric forecast, same adapter routing); a `Scorer` scores them and `inference.fusion.fuse`
 fuses them, exactly as the inference worker does, only without the broker. Labels are the moves
 after each prompt's time. Every metric carries a 95% cluster-bootstrap interval (clusters: one
@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from agents.config import NS_PER_S, AgentsConfig
-from agents.examples import Example, build_examples, split_by_time
+from agents.lab.examples import Example, build_examples, split_by_time
 from agents.features import Features
 from agents.signal import numeric_probs
 from inference.adapters.metrics import accuracy, cluster_resamples, evaluate_forecast, interval, paired_difference

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from agents.config import AgentsConfig
-from agents.demo import DemoOptions, run_demo
+from agents.lab.demo import DemoOptions, run_demo
 from agents.offline import fired_triggers, rejected_news
 from streams.chaos import malformed_records
 from streams.latest import LatestStore

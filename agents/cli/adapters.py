@@ -1,0 +1,133 @@
+"""`finllm adapters train|build-defaults|list|register|remove`: LoRA adapters from tapes, and the registry.
+
+Training is `agents.lab.training`; the registry is `inference.adapters.registry` in Redis.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import orjson
+
+from agents.cli.options import prefix_option, redis_option, resolve_redis
+from agents.lab import TASKS
+
+
+@click.group()
+def adapters() -> None:
+    """Train LoRA adapters on tapes; register them for running inference workers (hot-load)."""
+
+
+@adapters.command()
+@click.option("--tape", "tape_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the PEFT adapter + card.json.")
+@click.option("--base", "model", envvar="FINLLM_MODEL", help="Base model folder (default: the embedded tiny model).")
+@click.option("--task", type=click.Choice(TASKS), default="direction", show_default=True)
+@click.option("--rank", default=16, show_default=True)
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True)
+@click.option("--symbols", help="Only these symbols (comma-separated), e.g. one sector.")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False), help="Start from this adapter.")
+@click.option("--test-fraction", default=0.2, show_default=True, help="Last share of the tape held out.")
+@click.option("--max-steps", type=int, help="Stop after this many optimiser steps.")
+@click.option("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine).")
+@click.option("--seed", default=0, show_default=True)
+def train(tape_dir: Path, out: Path, model: str | None, task: str, rank: int, epochs: int, learning_rate: float,
+          symbols: str | None, init_from: str | None, test_fraction: float, max_steps: int | None,
+          threads: int | None, seed: int) -> None:
+    """Train a LoRA adapter on a tape's prompts (same code as the agents; labels after each prompt)."""
+    from agents.lab.training import TrainingError, set_threads, train_from_tape
+    from inference.adapters.train import TrainConfig
+
+    set_threads(threads)
+    tcfg = TrainConfig(rank=rank, alpha=2.0 * rank, epochs=epochs, learning_rate=learning_rate,
+                       max_steps=max_steps, seed=seed)
+    try:
+        card = train_from_tape(tape_dir, out, model, task, tcfg, symbols=symbols, init_from=init_from,
+                               test_fraction=test_fraction)
+    except TrainingError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(orjson.dumps({"out": str(out), "metrics": card["metrics"], "training": card["training"]},
+                            option=orjson.OPT_INDENT_2).decode())
+
+
+@adapters.command(name="build-defaults")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: the shipped folder inference/data/adapters.")
+@click.option("--threads", type=int, default=1, show_default=True)
+def build_defaults(out: Path | None, threads: int) -> None:
+    """Rebuild the shipped adapters: per task, one over all sectors, then one per sector started from it."""
+    from agents.lab.training import TrainingError, build_default_adapters, set_threads
+    from inference.adapters.shipped import SHIPPED_DIR
+
+    set_threads(threads)
+    out = (out or SHIPPED_DIR).resolve()
+    try:
+        made = build_default_adapters(out, lambda line: click.echo(line, err=True))
+    except TrainingError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{len(made)} adapters and routing.json in {out}")
+
+
+# ------------------------------------------------------------------ registry
+
+
+@adapters.command(name="list")
+@redis_option()
+@prefix_option()
+def list_cmd(redis_url: str | None, prefix: str) -> None:
+    """Registered adapters, one JSON line each, with what the workers last did with them."""
+    async def run(registry):
+        return await registry.records(), await registry.statuses()
+
+    records, statuses = _with_registry(redis_url, prefix, run)
+    for name in sorted(records.keys() | statuses.keys()):
+        record, status = records.get(name), statuses.get(name)
+        line = {**(asdict(record) if record else {"name": name, "registered": False}),
+                "status": asdict(status) if status else None}
+        click.echo(orjson.dumps(line).decode())
+
+
+@adapters.command()
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--base-hash", help="Base model hash, when the adapter folder has no card.json.")
+@redis_option()
+@prefix_option()
+def register(name: str, path: str, base_hash: str | None, redis_url: str | None, prefix: str) -> None:
+    """Register the adapter folder PATH as NAME; running workers load it within a second or two."""
+    from inference.adapters.registry import RegistryError, record_from_folder
+
+    try:
+        record = record_from_folder(name, path, base_hash)
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    stored = _with_registry(redis_url, prefix, lambda registry: registry.register(record))
+    click.echo(orjson.dumps(asdict(stored)).decode())
+
+
+@adapters.command()
+@click.argument("name")
+@redis_option()
+@prefix_option()
+def remove(name: str, redis_url: str | None, prefix: str) -> None:
+    """Remove NAME from the registry; running workers unload it."""
+    if not _with_registry(redis_url, prefix, lambda registry: registry.remove(name)):
+        raise click.ClickException(f"no adapter {name!r} is registered")
+    click.echo(f"removed {name}")
+
+
+def _with_registry(redis_url: str | None, prefix: str, action):
+    from inference.adapters.registry import AdapterRegistry
+
+    url = resolve_redis(redis_url)
+
+    async def run():
+        registry = AdapterRegistry.from_url(url, prefix)
+        try:
+            return await action(registry)
+        finally:
+            await registry.close()
+
+    return asyncio.run(run())
