@@ -20,4 +20,3 @@ def test_the_runtime_contract_names_every_runtime_module():
     listed = {c["name"]: set(c["source_modules"]) for c in contracts}
     runtime = {f"agents.{p.stem}" for p in (ROOT / "agents").glob("*.py") if p.stem != "__init__"}
     assert listed["the agents runtime imports nothing of inference, the command line or the lab"] == runtime
-    assert runtime <= listed["only the command line imports click"]
