@@ -15,16 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from aiokafka import AIOKafkaConsumer
-
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.lab.report import build_report, forecasts_frame
 from inference.adapters.shipped import load_routing
-from schemas import Forecast, SchemaError, decode_deadletter, decode_forecast
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
-from streams.consumer import consume_until
+from streams.consumer import ForecastCollector
 from streams.embedded import EmbeddedKafka, EmbeddedRedis, ServiceConfig
 from streams.processes import WorkerProcess
 from streams.producer import make_producer
@@ -104,7 +101,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         for worker in workers:
             await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT_S)
         startup_s = time.monotonic() - started
-        collector = _Collector(kafka, expected)
+        collector = ForecastCollector(kafka, expected)
         collecting = asyncio.create_task(collector.run())
         await collector.started.wait()
         await _inject_bad(kafka, opts.inject_bad)
@@ -112,10 +109,10 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         await _wait_for_forecasts(collector.done, workers, opts.timeout_s)
     finally:
         exit_codes = {w.name: w.stop() for w in workers}
-    collector.stop()
+    collector.stopping.set()
     await collecting
-    return {"forecasts": list(collector.forecasts.values()), "wire_forecasts": collector.wire_count,
-            "deadletters": collector.deadletters, "replay": stats, "startup_s": startup_s,
+    return {"forecasts": list(collector.by_id.values()), "wire_forecasts": len(collector.copies),
+            "deadletters": collector.deadletter_reasons(), "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
             "topic_prefix": kafka.topics.prefix}
 
@@ -142,46 +139,3 @@ async def _inject_bad(kafka: KafkaSettings, count: int) -> None:
         await producer.flush()
     finally:
         await producer.stop()
-
-
-class _Collector:
-    """Reads `forecasts` (deduplicated by id) and counts `deadletter` records until every expected id came."""
-
-    def __init__(self, kafka: KafkaSettings, expected: set[str]) -> None:
-        self.kafka, self.expected = kafka, expected
-        self.forecasts: dict[str, Forecast] = {}
-        self.wire_count = 0
-        self.deadletters: dict[str, int] = {}
-        self.started, self.done, self._stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        if not expected:
-            self.done.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        topics = self.kafka.topics
-        consumer = AIOKafkaConsumer(topics.forecasts, topics.deadletter, **self.kafka.client_kwargs(),
-                                    group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
-        await consume_until(consumer, self._stop, lambda r: self._take(r.topic, r.value or b""), self.started)
-
-    def _take(self, topic: str, value: bytes) -> None:
-        if topic == self.kafka.topics.deadletter:
-            reason = _reason(value)
-            self.deadletters[reason] = self.deadletters.get(reason, 0) + 1
-            return
-        try:
-            forecast = decode_forecast(value)
-        except SchemaError:
-            return
-        self.wire_count += 1
-        self.forecasts.setdefault(forecast.id, forecast)
-        if self.expected <= self.forecasts.keys():
-            self.done.set()
-
-
-def _reason(value: bytes) -> str:
-    try:
-        return decode_deadletter(value).reason
-    except SchemaError:
-        return "unreadable"

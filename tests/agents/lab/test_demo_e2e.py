@@ -1,6 +1,9 @@
 """The whole pipeline on the real embedded broker and Redis: a synthetic tape in, forecasts out."""
 import asyncio
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -79,3 +82,23 @@ def test_report_figures_and_latest_in_redis(demo_run, redis_url):
 
     latest = asyncio.run(read_all())
     assert {s: r["ts_ns"] for s, r in latest.items()} == dict(newest.iter_rows())
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"" for p in folder.rglob("*")}
+
+
+def test_a_demo_run_leaves_the_current_folder_as_it_was(tmp_path):
+    """`finllm demo` as a user runs it (its own embedded broker and Redis) writes under --out and the
+    cache only: its workers' files go to its work folder (out/run), none to the folder it started in."""
+    here, tape = tmp_path / "here", tmp_path / "tape"
+    here.mkdir()
+    (here / "notes.txt").write_text("the user's own file")
+    write_synth_tape(tape, 2, 6, seed=3)
+    before = files_under(here)
+    done = subprocess.run([sys.executable, "-m", "agents.cli", "demo", "--out", "demo-out", "--tape", str(tape),
+                           "--max", "--partitions", "1"], cwd=here, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = files_under(here)
+    assert {k: v for k, v in after.items() if not k.startswith("demo-out")} == before
+    assert {"demo-out/report.json", "demo-out/forecasts.parquet", "demo-out/run/agents.log"} <= after.keys()
