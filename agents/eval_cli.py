@@ -91,9 +91,9 @@ def _check_base(model_dir: Path, adapters: dict) -> None:
 
 def _scorer(engine: str, model_dir: Path, adapters: dict):
     if engine == "paged":
-        from inference.engine.scorer import EngineScorer
+        from inference.scorers.engine import EngineScorer
         return EngineScorer(str(model_dir), adapters=adapters)
-    from inference.hf_scorer import HFScorer
+    from inference.scorers.hf import HFScorer
     return HFScorer(str(model_dir), adapters=adapters)
 
 

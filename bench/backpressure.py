@@ -25,7 +25,7 @@ from typing import Sequence
 from aiokafka import AIOKafkaConsumer
 
 from inference.fusion import FusionPolicy
-from inference.scoring import ScoreItem, ScoreResult
+from inference.scorers.base import ScoreItem, ScoreResult
 from inference.worker import InferenceWorker, WorkerConfig
 from schemas import InferenceRequest, Probs, decode_forecast, encode
 from streams.admin import ensure_topics
@@ -158,7 +158,7 @@ async def run_load(kafka: KafkaSettings, scorer, rate: float, seconds: float, de
 
 def run(rate: float = 40.0, seconds: float = 20.0, cost_ms: float = 50.0, deadline_ms: int = 1000,
         bootstrap: str | None = None) -> Figures:
-    from inference.hf_scorer import HFScorer
+    from inference.scorers.hf import HFScorer
     from inference.models import resolve_model_dir
 
     scorer = ThrottledScorer(HFScorer(str(resolve_model_dir(None)), max_batch=8), cost_ms / 1e3)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from inference.adapters.registry import AdapterRecord, AdapterRegistry, AdapterStatus
-from inference.scoring import ScoreItem, ScoreResult, Scorer
+from inference.scorers.base import ScoreItem, ScoreResult, Scorer
 
 log = logging.getLogger("finllm.inference.registry")
 POLL_S = 1.0

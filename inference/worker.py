@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from inference.fusion import FusionPolicy, fuse
 from inference.registry_watch import start_registry_watch
-from inference.scoring import ScoreItem, ScoreResult, Scorer
+from inference.scorers.base import ScoreItem, ScoreResult, Scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
 from streams.health import mark_ready
 from streams.latest import LatestStore
@@ -76,12 +76,12 @@ def build_scorer(cfg: WorkerConfig) -> Scorer:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.engine == "paged":
         from inference.engine.config import EngineConfig
-        from inference.engine.scorer import EngineScorer
+        from inference.scorers.engine import EngineScorer
         dtype = cfg.dtype or ("float64" if device == "cpu" else "bfloat16")
         config = EngineConfig(dtype=dtype, enable_prefix_caching=cfg.prefix_caching)
         return EngineScorer(model_dir, adapters=adapters, device=device, config=config)
     if cfg.engine == "hf":
-        from inference.hf_scorer import HFScorer
+        from inference.scorers.hf import HFScorer
         return HFScorer(model_dir, device=device, max_batch=cfg.max_batch, adapters=adapters)
     raise ValueError(f"unknown engine {cfg.engine!r}: use 'hf' or 'paged'")
 

@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from inference.hf_scorer import label_token_ids, left_pad
 from inference.modelbuild import model_fingerprint
-from inference.scoring import LABELS
+from inference.scorers.base import LABELS
+from inference.scorers.hf import label_token_ids, left_pad
 
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

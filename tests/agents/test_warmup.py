@@ -105,10 +105,10 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
     import asyncio
     import time
 
-    from inference.engine.scorer import EngineScorer
+    from inference.scorers.engine import EngineScorer
     from inference.fusion import FusionPolicy
     from inference.models import resolve_model_dir
-    from inference.scoring import ScoreItem
+    from inference.scorers.base import ScoreItem
     from inference.worker import InferenceWorker, WorkerConfig
     from streams.settings import KafkaSettings
 

@@ -8,9 +8,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.hf_scorer import HFScorer, UnknownAdapterError, label_token_ids, left_pad
+from inference.scorers.hf import HFScorer, UnknownAdapterError, label_token_ids, left_pad
 from inference.modelbuild import build_model, model_fingerprint
-from inference.scoring import LABELS, ScoreItem, Scorer
+from inference.scorers.base import LABELS, ScoreItem, Scorer
 
 PROMPTS = [
     "shares rose",

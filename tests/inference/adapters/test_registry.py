@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from inference.adapters.registry import AdapterRegistry, RegistryError, record_from_folder
 from inference.adapters.train import TrainConfig, base_card, train_adapter, write_card
-from inference.engine.scorer import EngineScorer
 from inference.modelbuild import model_fingerprint
 from inference.registry_watch import RegistryWatch, SerializedScorer, start_registry_watch
-from inference.scoring import ScoreItem
+from inference.scorers.base import ScoreItem
+from inference.scorers.engine import EngineScorer
 from streams.cli import cli
 from streams.latest import LatestStore
 
@@ -144,7 +144,7 @@ def test_a_running_worker_task_picks_up_a_new_adapter(redis_url, topic_prefix, t
 
 
 def test_transformers_scorer_hot_loads_and_unloads(redis_url, topic_prefix, tiny_model_dir, adapter_dir):
-    from inference.hf_scorer import HFScorer
+    from inference.scorers.hf import HFScorer
 
     scorer = SerializedScorer(HFScorer(str(tiny_model_dir)))
 

@@ -11,7 +11,7 @@ from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine, RequestOutput
 from inference.engine.sequence import RequestKind, RequestStatus
 from inference.modelbuild import model_fingerprint
-from inference.scoring import LABELS, ScoreItem, ScoreResult
+from inference.scorers.base import LABELS, ScoreItem, ScoreResult
 
 log = logging.getLogger("finllm.engine")
 

@@ -1,7 +1,7 @@
 """The worker's view of a language model: score prompts over the direction labels.
 
-Every backend (plain transformers in `hf_scorer`, our paged multi-LoRA engine in
-`engine.scorer`) implements `Scorer`, so the Kafka-facing worker never knows which
+Every backend (plain transformers in `inference.scorers.hf`, our paged multi-LoRA engine in
+`inference.scorers.engine`) implements `Scorer`, so the Kafka-facing worker never knows which
 one runs. Imports nothing of ours and no Kafka.
 """
 from __future__ import annotations

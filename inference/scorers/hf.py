@@ -19,7 +19,7 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from inference.modelbuild import model_fingerprint
-from inference.scoring import LABELS, ScoreItem, ScoreResult
+from inference.scorers.base import LABELS, ScoreItem, ScoreResult
 
 log = logging.getLogger(__name__)
 
