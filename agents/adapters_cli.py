@@ -103,7 +103,7 @@ def _data_card(split: Split, tape: str) -> dict:
 
 
 def _label_index(examples: Sequence[Example]) -> np.ndarray:
-    from inference.scorers.base import LABELS
+    from schemas import DIRECTIONS as LABELS
 
     return np.asarray([LABELS.index(e.label) for e in examples])
 

@@ -21,7 +21,8 @@ from agents.features import Features
 from agents.signal import numeric_probs
 from inference.adapters.metrics import accuracy, cluster_resamples, evaluate_forecast, interval, paired_difference
 from inference.fusion import FusionWeights, fit_weights, fuse_arrays
-from inference.scorers.base import LABELS, ScoreItem, Scorer
+from inference.scorers.base import ScoreItem, Scorer
+from schemas import DIRECTIONS as LABELS
 from streams.tape import Tape
 
 FORECASTS = ("numeric", "llm", "fused")

@@ -214,7 +214,7 @@ class InferenceWorker:
         queue until no forecast request is due, so they never delay one; a forecast of the symbol at or
         after a queued warm-up's time makes it useless (dropped). Returns the forecast requests."""
         forecasts = [r for r in requests if r.kind != "warmup"]
-        if getattr(self.scorer, "prefix_caching", False):
+        if self.scorer.prefix_caching:
             self.warm_queue.extend(r for r in requests if r.kind == "warmup")
             latest = {}
             for r in forecasts:

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from agents.config import NS_PER_S, AgentsConfig
 from agents.evaluate import EvalOptions, evaluate_tape, latency_adjusted_labels
 from inference.adapters.metrics import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
-from inference.scorers.base import LABELS, ScoreItem, ScoreResult
+from inference.scorers.base import ScoreItem, ScoreResult
+from schemas import DIRECTIONS as LABELS
 from streams.cli import cli
 from streams.synth import synth_tape
 from streams.tape import Tape
