@@ -131,7 +131,7 @@ def _threads(threads: int | None) -> None:
 
 
 def _model_dir(model: str | None) -> Path:
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
     return resolve_model_dir(model)
 

@@ -67,7 +67,7 @@ def eval_cmd(tape_dir: Path, out_dir: Path, adapters_dir: Path | None, no_adapte
 def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> tuple[Path, AgentsConfig, dict]:
     """(model folder, agents config routing symbols to adapters, adapter name -> folder)."""
     from inference.adapters.shipped import load_routing
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     cfg = AgentsConfig.from_env()
@@ -80,7 +80,7 @@ def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> t
 
 def _check_base(model_dir: Path, adapters: dict) -> None:
     from inference.adapters.train import read_card
-    from inference.modelbuild import model_fingerprint
+    from inference.checkpoints import model_fingerprint
 
     served = model_fingerprint(model_dir)
     wrong = {name: read_card(path).get("base_model_hash") for name, path in adapters.items()}

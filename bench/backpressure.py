@@ -159,7 +159,7 @@ async def run_load(kafka: KafkaSettings, scorer, rate: float, seconds: float, de
 def run(rate: float = 40.0, seconds: float = 20.0, cost_ms: float = 50.0, deadline_ms: int = 1000,
         bootstrap: str | None = None) -> Figures:
     from inference.scorers.hf import HFScorer
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
     scorer = ThrottledScorer(HFScorer(str(resolve_model_dir(None)), max_batch=8), cost_ms / 1e3)
     try:

@@ -172,8 +172,7 @@ def start_registry_watch(scorer: Scorer, latest, prefix: str, model_dir: str | N
 
 
 def served_model_hash(model_dir: str | None) -> str:
-    from inference.modelbuild import model_fingerprint
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import model_fingerprint, resolve_model_dir
 
     return model_fingerprint(resolve_model_dir(model_dir))
 

@@ -67,7 +67,7 @@ def build_scorer(cfg: WorkerConfig) -> Scorer:
     (status llm_error) instead of failing the batch."""
     import torch
 
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
     model_dir = str(resolve_model_dir(cfg.model_dir))
     if cfg.torch_threads:

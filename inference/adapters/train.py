@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from inference.modelbuild import model_fingerprint
+from inference.checkpoints import model_fingerprint
 from inference.scorers.base import label_token_ids
 from inference.scorers.hf import left_pad
 from schemas import DIRECTIONS

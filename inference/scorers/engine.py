@@ -10,7 +10,7 @@ from typing import Sequence
 from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine, RequestOutput
 from inference.engine.sequence import RequestKind, RequestStatus
-from inference.modelbuild import model_fingerprint
+from inference.checkpoints import model_fingerprint
 from inference.scorers.base import ScoreItem, ScoreResult, label_token_ids
 
 log = logging.getLogger("finllm.engine")
@@ -32,7 +32,7 @@ class EngineScorer:
 
         self.model_name = f"{Path(model_dir).resolve().name}@{model_fingerprint(model_dir)}"   # as HFScorer
         self.engine = Engine(model_dir, config, device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.label_token_ids = label_token_ids(self.tokenizer)
         self._ids = itertools.count()
         self._unknown_adapters: set[str] = set()     # logged once each

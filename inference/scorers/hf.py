@@ -18,7 +18,7 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from inference.modelbuild import model_fingerprint
+from inference.checkpoints import model_fingerprint
 from inference.scorers.base import ScoreItem, ScoreResult, label_token_ids
 
 log = logging.getLogger(__name__)

@@ -107,7 +107,7 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
 
     from inference.scorers.engine import EngineScorer
     from inference.fusion import FusionPolicy
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
     from inference.scorers.base import ScoreItem
     from inference.worker import InferenceWorker, WorkerConfig
     from streams.settings import KafkaSettings

@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.modelbuild import build_model, model_fingerprint
+from inference.checkpoints import build_model, model_fingerprint
 from inference.scorers.base import ScoreItem, Scorer, label_token_ids
 from inference.scorers.hf import BASE_ADAPTER, HFScorer, UnknownAdapterError, left_pad
 from schemas import DIRECTIONS

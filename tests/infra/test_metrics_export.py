@@ -52,7 +52,7 @@ def test_two_processes_worth_of_metrics_do_not_collide() -> None:
 @pytest.fixture(scope="module")
 def engine_scorer():
     from inference.scorers.engine import EngineScorer
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
     scorer = EngineScorer(str(resolve_model_dir(None)))
     yield scorer

@@ -55,7 +55,7 @@ def expected_forecasts(tape: Tape, cfg: AgentsConfig) -> dict[str, tuple]:
     """id -> projection of the forecast an undisturbed run publishes for each trigger of the tape."""
     from inference.fusion import FusionPolicy
     from inference.scorers.hf import HFScorer
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
     from inference.scorers.base import ScoreItem
     from inference.worker import make_forecast
 

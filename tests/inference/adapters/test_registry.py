@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from inference.adapters.registry import AdapterRegistry, RegistryError, record_from_folder
 from inference.adapters.train import TrainConfig, base_card, train_adapter, write_card
-from inference.modelbuild import model_fingerprint
+from inference.checkpoints import model_fingerprint
 from inference.registry_watch import RegistryWatch, SerializedScorer, start_registry_watch
 from inference.scorers.base import ScoreItem
 from inference.scorers.engine import EngineScorer

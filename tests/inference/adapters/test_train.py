@@ -19,7 +19,7 @@ from inference.adapters.train import (
     write_card,
 )
 from inference.scorers.hf import HFScorer
-from inference.modelbuild import model_fingerprint
+from inference.checkpoints import model_fingerprint
 from inference.scorers.base import ScoreItem
 
 WORDS = {"up": ("rally", "surge", "beat"), "down": ("slump", "miss", "probe"), "flat": ("meeting", "filing", "panel")}
