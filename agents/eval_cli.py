@@ -90,11 +90,8 @@ def _check_base(model_dir: Path, adapters: dict) -> None:
 
 
 def _scorer(engine: str, model_dir: Path, adapters: dict):
-    if engine == "paged":
-        from inference.scorers.engine import EngineScorer
-        return EngineScorer(str(model_dir), adapters=adapters)
-    from inference.scorers.hf import HFScorer
-    return HFScorer(str(model_dir), adapters=adapters)
+    from inference.scorers.factory import build_scorer
+    return build_scorer(engine, model_dir, adapters=adapters)
 
 
 def summary(report: dict) -> str:

@@ -79,13 +79,13 @@ def test_worker_without_prefix_caching_drops_warmups(monkeypatch):
     import time
 
     from inference.fusion import FusionPolicy
-    from inference.worker import InferenceWorker, WorkerConfig, build_scorer
+    from inference.worker import InferenceWorker, WorkerConfig, configured_scorer
     from streams.settings import KafkaSettings
 
     monkeypatch.setenv("FINLLM_PREFIX_CACHING", "off")
     monkeypatch.setenv("FINLLM_ENGINE", "paged")
     cfg = WorkerConfig.from_env()
-    scorer = build_scorer(cfg)
+    scorer = configured_scorer(cfg)
     assert not cfg.prefix_caching and not scorer.engine.config.enable_prefix_caching
     p = Processor(CFG)
     fire(p, trade(1), trade(52))
