@@ -19,7 +19,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from inference.fusion import FusionPolicy, fuse
-from inference.registry_watch import start_registry_watch
+from inference.adapters.watch import start_registry_watch
 from inference.scorers.base import ScoreItem, ScoreResult, Scorer
 from inference.scorers.factory import build_scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode

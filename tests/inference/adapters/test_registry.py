@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from inference.adapters.registry import AdapterRegistry, RegistryError, record_from_folder
 from inference.adapters.train import TrainConfig, base_card, train_adapter, write_card
 from inference.checkpoints import model_fingerprint
-from inference.registry_watch import RegistryWatch, SerializedScorer, start_registry_watch
+from inference.adapters.watch import RegistryWatch, SerializedScorer, start_registry_watch
 from inference.scorers.base import ScoreItem
 from inference.scorers.engine import EngineScorer
 from streams.cli import cli
@@ -179,7 +179,7 @@ def test_cli_register_list_remove(redis_url, topic_prefix, adapter_dir):
 
 def test_watch_refuses_adapters_outside_the_configured_folders(redis_url, topic_prefix, tiny_model_dir, adapter_dir,
                                                               tmp_path):
-    from inference.registry_watch import allowed_adapter_dirs, inside
+    from inference.adapters.watch import allowed_adapter_dirs, inside
 
     scorer = SerializedScorer(EngineScorer(str(tiny_model_dir)))
     allowed = (tmp_path / "allowed").resolve()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from inference.adapters.registry import AdapterRecord, AdapterRegistry, AdapterStatus
+from inference.adapters.shipped import SHIPPED_DIR
 from inference.scorers.base import ScoreItem, ScoreResult, Scorer
 
 log = logging.getLogger("finllm.inference.registry")
@@ -75,7 +76,7 @@ def allowed_adapter_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:
     if env.get("FINLLM_ADAPTER_DIRS"):
         return tuple(Path(p).resolve() for p in env["FINLLM_ADAPTER_DIRS"].split(",") if p)
     cache = Path(env.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm")
-    return (Path(__file__).resolve().parent / "data" / "adapters", (cache / "adapters").resolve())
+    return (SHIPPED_DIR, (cache / "adapters").resolve())
 
 
 def inside(path: str | Path, roots: tuple[Path, ...]) -> bool:
