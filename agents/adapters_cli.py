@@ -74,7 +74,7 @@ def train(tape_dir: Path, out: Path, model: str | None, task: str, rank: int, ep
 def train_on_split(model_dir: Path, split: Split, out: Path, tcfg, *, task: str, tape: str,
                    init_from: str | None = None) -> dict:
     """Train on `split.train`, score `split.test` with the trained adapter, write the adapter and its card."""
-    from inference.adapters.metrics import point_metrics
+    from agents.quality import point_metrics
     from inference.adapters.train import LabelHeadTrainer, base_card, write_card
 
     if not split.train or not split.test:

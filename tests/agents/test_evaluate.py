@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from agents.config import NS_PER_S, AgentsConfig
 from agents.evaluate import EvalOptions, evaluate_tape, latency_adjusted_labels
-from inference.adapters.metrics import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
+from agents.quality import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
 from inference.scorers.base import ScoreItem, ScoreResult
 from schemas import DIRECTIONS as LABELS
 from streams.cli import cli
