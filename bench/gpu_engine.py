@@ -290,7 +290,7 @@ def tokenize_ms_per_request(prompt_len: int) -> dict:
     """Byte-level BPE (a 300-token stand-in vocab: no hub downloads), scaled to a prompt_len-token prompt."""
     from transformers import AutoTokenizer
 
-    from inference.engine.tiny_models import WORDS, build_tiny_tokenizer
+    from tests.inference.tiny_models import WORDS, build_tiny_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp))
