@@ -124,8 +124,7 @@ LATENCY_DTYPE = "float32"   # the CPU default (float64, for byte-identical repla
 
 def bench_buffering(workdir: Path, quick: bool) -> dict:
     from agents.lab.demo import DemoOptions, run_demo
-    from inference.modelbuild import build_model
-    from inference.models import default_corpus
+    from inference.checkpoints import build_model, default_corpus
     from streams.synth import write_synth_tape
 
     model = build_model(workdir / "model", default_corpus(), **LATENCY_MODEL)

@@ -25,7 +25,7 @@ from typing import Sequence
 from aiokafka import AIOKafkaConsumer
 
 from inference.fusion import FusionPolicy
-from inference.scoring import ScoreItem, ScoreResult
+from inference.scorers.base import ScoreItem, ScoreResult
 from inference.worker import InferenceWorker, WorkerConfig
 from schemas import InferenceRequest, Probs, decode_forecast, encode
 from streams.admin import ensure_topics
@@ -39,6 +39,8 @@ SAMPLE_S = 0.25
 
 class ThrottledScorer:
     """A real scorer whose every computed (not expired) request costs `cost_s` more."""
+
+    prefix_caching = False   # warm-ups are not queued
 
     def __init__(self, inner, cost_s: float) -> None:
         self.inner, self.cost_s, self.model_name = inner, cost_s, inner.model_name
@@ -158,10 +160,10 @@ async def run_load(kafka: KafkaSettings, scorer, rate: float, seconds: float, de
 
 def run(rate: float = 40.0, seconds: float = 20.0, cost_ms: float = 50.0, deadline_ms: int = 1000,
         bootstrap: str | None = None) -> Figures:
-    from inference.hf_scorer import HFScorer
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
+    from inference.scorers.factory import build_scorer
 
-    scorer = ThrottledScorer(HFScorer(str(resolve_model_dir(None)), max_batch=8), cost_ms / 1e3)
+    scorer = ThrottledScorer(build_scorer("hf", resolve_model_dir(None), device="cpu", max_batch=8), cost_ms / 1e3)
     try:
         if bootstrap:
             return asyncio.run(run_load(_settings(bootstrap), scorer, rate, seconds, deadline_ms))

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine
 from inference.engine.sequence import RequestKind, RequestStatus
-from inference.engine.tiny_models import build_tiny_adapter, build_tiny_model
+from tests.inference.tiny_models import build_tiny_adapter, build_tiny_model
 
 LABEL_IDS = (11, 12, 13)
 

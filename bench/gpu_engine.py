@@ -290,7 +290,7 @@ def tokenize_ms_per_request(prompt_len: int) -> dict:
     """Byte-level BPE (a 300-token stand-in vocab: no hub downloads), scaled to a prompt_len-token prompt."""
     from transformers import AutoTokenizer
 
-    from inference.engine.tiny_models import WORDS, build_tiny_tokenizer
+    from tests.inference.tiny_models import WORDS, build_tiny_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp))
@@ -314,7 +314,7 @@ def sgmv_timing(s: Settings, num_segments: int, tokens_per_segment: int) -> dict
     """q_proj-shaped LoRA over segments of mixed ranks in `max_adapter_slots` slots."""
     from triton.testing import do_bench
 
-    from inference.engine.lora import LoraSegment, sgmv_ref
+    from inference.kernels.reference import LoraSegment, sgmv_ref
     from inference.kernels.sgmv import sgmv_triton
 
     n, rank = tokens_per_segment, max(s.ranks)
@@ -332,7 +332,7 @@ def attention_timing(s: Settings, batch: int, num_new: int) -> dict:
     """Each request has a prompt_len context (plus one token when decoding), 16-token blocks."""
     from triton.testing import do_bench
 
-    from inference.engine.model import paged_attention_ref
+    from inference.kernels.reference import paged_attention_ref
     from inference.kernels.paged_attention import paged_attention_triton
 
     head_dim, seq_len = s.hidden // s.heads, s.prompt_len + (1 if num_new == 1 else 0)

@@ -19,8 +19,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from inference.fusion import FusionPolicy, fuse
-from inference.registry_watch import start_registry_watch
-from inference.scoring import ScoreItem, ScoreResult, Scorer
+from inference.adapters.watch import start_registry_watch
+from inference.scorers.base import ScoreItem, ScoreResult, Scorer
+from inference.scorers.factory import build_scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
 from streams.health import mark_ready
 from streams.latest import LatestStore
@@ -45,8 +46,7 @@ class WorkerConfig:
     model_dir: str | None = None     # None: the embedded default model, built on first use
     adapters: tuple[tuple[str, str], ...] = ()
     device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
-    dtype: str | None = None         # paged engine; None: float64 on CPU (replays give identical forecasts,
-                                     # bench/RESULTS.md), bfloat16 on CUDA
+    dtype: str | None = None         # paged engine; None: build_scorer's default (float64 on CPU, bfloat16 on CUDA)
     prefix_caching: bool = True      # paged engine: reuse computed prompt prefixes (warm-ups need it)
     torch_threads: int | None = None  # CPU threads for the model; None: torch's default (every core)
 
@@ -63,28 +63,16 @@ class WorkerConfig:
                    torch_threads=int(env["FINLLM_TORCH_THREADS"]) if env.get("FINLLM_TORCH_THREADS") else None)
 
 
-def build_scorer(cfg: WorkerConfig) -> Scorer:
-    """The configured backend. EngineScorer answers items naming an unregistered adapter as failed
-    (status llm_error) instead of failing the batch."""
+def configured_scorer(cfg: WorkerConfig) -> Scorer:
+    """`build_scorer` with the worker's settings (the model folder resolved, torch's threads set)."""
     import torch
 
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
-    model_dir = str(resolve_model_dir(cfg.model_dir))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    adapters = dict(cfg.adapters)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.engine == "paged":
-        from inference.engine.config import EngineConfig
-        from inference.engine.scorer import EngineScorer
-        dtype = cfg.dtype or ("float64" if device == "cpu" else "bfloat16")
-        config = EngineConfig(dtype=dtype, enable_prefix_caching=cfg.prefix_caching)
-        return EngineScorer(model_dir, adapters=adapters, device=device, config=config)
-    if cfg.engine == "hf":
-        from inference.hf_scorer import HFScorer
-        return HFScorer(model_dir, device=device, max_batch=cfg.max_batch, adapters=adapters)
-    raise ValueError(f"unknown engine {cfg.engine!r}: use 'hf' or 'paged'")
+    return build_scorer(cfg.engine, resolve_model_dir(cfg.model_dir), adapters=dict(cfg.adapters), device=cfg.device,
+                        dtype=cfg.dtype, max_batch=cfg.max_batch, prefix_caching=cfg.prefix_caching)
 
 
 def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, policy: FusionPolicy,
@@ -215,7 +203,7 @@ class InferenceWorker:
         queue until no forecast request is due, so they never delay one; a forecast of the symbol at or
         after a queued warm-up's time makes it useless (dropped). Returns the forecast requests."""
         forecasts = [r for r in requests if r.kind != "warmup"]
-        if getattr(self.scorer, "prefix_caching", False):
+        if self.scorer.prefix_caching:
             self.warm_queue.extend(r for r in requests if r.kind == "warmup")
             latest = {}
             for r in forecasts:
@@ -293,7 +281,7 @@ class _ReadyOnAssign(ConsumerRebalanceListener):
 async def main_async() -> None:
     kafka = KafkaSettings.from_env()
     cfg = WorkerConfig.from_env()
-    scorer = build_scorer(cfg)
+    scorer = configured_scorer(cfg)
     worker = InferenceWorker(kafka, os.environ.get("FINLLM_REDIS_URL"), scorer, cfg, FusionPolicy.from_env())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -67,7 +67,7 @@ def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> t
     """(model folder, agents config routing symbols to adapters, adapter name -> folder)."""
     from agents.lab.examples import with_adapters
     from inference.adapters.shipped import load_routing
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     cfg = AgentsConfig.from_env()
@@ -80,7 +80,7 @@ def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> t
 
 def _check_base(model_dir: Path, adapters: dict) -> None:
     from inference.adapters.train import read_card
-    from inference.modelbuild import model_fingerprint
+    from inference.checkpoints import model_fingerprint
 
     served = model_fingerprint(model_dir)
     wrong = {name: read_card(path).get("base_model_hash") for name, path in adapters.items()}
@@ -90,11 +90,8 @@ def _check_base(model_dir: Path, adapters: dict) -> None:
 
 
 def _scorer(engine: str, model_dir: Path, adapters: dict):
-    if engine == "paged":
-        from inference.engine.scorer import EngineScorer
-        return EngineScorer(str(model_dir), adapters=adapters)
-    from inference.hf_scorer import HFScorer
-    return HFScorer(str(model_dir), adapters=adapters)
+    from inference.scorers.factory import build_scorer
+    return build_scorer(engine, model_dir, adapters=adapters)
 
 
 def summary(report: dict) -> str:

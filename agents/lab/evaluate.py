@@ -18,10 +18,11 @@ import polars as pl
 from agents.config import NS_PER_S, AgentsConfig
 from agents.lab.examples import Example, build_examples, split_by_time
 from agents.features import Features
+from agents.quality import accuracy, cluster_resamples, evaluate_forecast, interval, paired_difference
 from agents.signal import numeric_probs
-from inference.adapters.metrics import accuracy, cluster_resamples, evaluate_forecast, interval, paired_difference
 from inference.fusion import FusionWeights, fit_weights, fuse_arrays
-from inference.scoring import LABELS, ScoreItem, Scorer
+from inference.scorers.base import ScoreItem, Scorer
+from schemas import DIRECTIONS as LABELS
 from streams.tape import Tape
 
 FORECASTS = ("numeric", "llm", "fused")

@@ -43,7 +43,7 @@ def train_from_tape(tape_dir: Path, out: Path, model: str | None, task: str, tcf
 def train_on_split(model_dir: Path, split: Split, out: Path, tcfg, *, task: str, tape: str,
                    init_from: str | None = None) -> dict:
     """Train on `split.train`, score `split.test` with the trained adapter, write the adapter and its card."""
-    from inference.adapters.metrics import point_metrics
+    from agents.quality import point_metrics
     from inference.adapters.train import LabelHeadTrainer, base_card, write_card
 
     if not split.train or not split.test:
@@ -72,7 +72,7 @@ def _data_card(split: Split, tape: str) -> dict:
 
 
 def _label_index(examples: Sequence[Example]) -> np.ndarray:
-    from inference.scoring import LABELS
+    from schemas import DIRECTIONS as LABELS
 
     return np.asarray([LABELS.index(e.label) for e in examples])
 
@@ -101,7 +101,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def _model_dir(model: str | None) -> Path:
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import resolve_model_dir
 
     return resolve_model_dir(model)
 

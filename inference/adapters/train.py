@@ -22,9 +22,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from inference.hf_scorer import label_token_ids, left_pad
-from inference.modelbuild import model_fingerprint
-from inference.scoring import LABELS
+from inference.checkpoints import model_fingerprint
+from inference.scorers.base import label_token_ids
+from inference.scorers.hf import left_pad
+from schemas import DIRECTIONS
 
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -64,9 +65,9 @@ class TrainStats:
 
 
 def class_weights(labels: Sequence[str]) -> torch.Tensor:
-    """Inverse-frequency weights aligned with LABELS, scaled to mean 1; absent classes get 0."""
-    counts = torch.tensor([sum(1 for y in labels if y == label) for label in LABELS], dtype=torch.float32)
-    weights = torch.where(counts > 0, counts.sum() / (len(LABELS) * counts.clamp(min=1)), torch.zeros(()))
+    """Inverse-frequency weights aligned with DIRECTIONS, scaled to mean 1; absent classes get 0."""
+    counts = torch.tensor([sum(1 for y in labels if y == label) for label in DIRECTIONS], dtype=torch.float32)
+    weights = torch.where(counts > 0, counts.sum() / (len(DIRECTIONS) * counts.clamp(min=1)), torch.zeros(()))
     return weights / weights[counts > 0].mean()
 
 
@@ -90,7 +91,7 @@ class LabelHeadTrainer:
                                  if init_from else get_peft_model(base, self._lora_config(base)))
         self.decoder = base.model
         head = base.get_output_embeddings().weight                                       # [V, H]
-        self.label_rows = head[label_token_ids(self.tokenizer, LABELS)].detach().clone()  # [L, H]
+        self.label_rows = head[label_token_ids(self.tokenizer, DIRECTIONS)].detach().clone()  # [L, H]
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
 
     def _lora_config(self, base: torch.nn.Module) -> LoraConfig:
@@ -118,7 +119,7 @@ class LabelHeadTrainer:
         return cached
 
     def label_logits(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits over LABELS at the last position, from cached last-layer inputs: [B, L]."""
+        """Logits over DIRECTIONS at the last position, from cached last-layer inputs: [B, L]."""
         hidden, mask = _left_pad_states(inputs)                                 # [B, T, H], [B, T]
         layer, attn = self.decoder.layers[-1], self.decoder.layers[-1].self_attn
         batch, length, _ = hidden.shape
@@ -139,8 +140,8 @@ class LabelHeadTrainer:
 
     def fit(self, inputs: Sequence[torch.Tensor], labels: Sequence[str]) -> TrainStats:
         """Train on cached last-layer inputs (`cache_inputs`) and their labels."""
-        targets = torch.tensor([LABELS.index(y) for y in labels])          # [N]
-        weights = class_weights(labels) if self.cfg.class_weighting else torch.ones(len(LABELS))
+        targets = torch.tensor([DIRECTIONS.index(y) for y in labels])          # [N]
+        weights = class_weights(labels) if self.cfg.class_weighting else torch.ones(len(DIRECTIONS))
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimiser = torch.optim.AdamW(params, lr=self.cfg.learning_rate, weight_decay=0.0)
         schedule = self._steps(len(inputs))
@@ -221,9 +222,9 @@ def train_adapter(model_dir: str | Path, prompts: Sequence[str], labels: Sequenc
     """Train and save; the caller writes the card (it knows the data and the evaluation)."""
     if len(prompts) != len(labels) or not prompts:
         raise ValueError("need as many labels as prompts, and at least one")
-    unknown = set(labels) - set(LABELS)
+    unknown = set(labels) - set(DIRECTIONS)
     if unknown:
-        raise ValueError(f"labels {sorted(unknown)} are not in {LABELS}")
+        raise ValueError(f"labels {sorted(unknown)} are not in {DIRECTIONS}")
     trainer = LabelHeadTrainer(model_dir, cfg)
     stats = trainer.fit(trainer.cache_inputs(prompts), labels)
     trainer.save(out_dir)
@@ -248,4 +249,4 @@ def base_card(model_dir: str | Path, cfg: TrainConfig, stats: TrainStats) -> dic
     return {"base_model": Path(model_dir).resolve().name, "base_model_hash": model_fingerprint(model_dir),
             "rank": cfg.rank, "alpha": cfg.alpha, "target_modules": list(cfg.target_modules),
             "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("rank", "alpha", "target_modules")},
-            "training": stats_dict, "labels": list(LABELS)}
+            "training": stats_dict, "labels": list(DIRECTIONS)}

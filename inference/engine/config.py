@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-DTYPES = ("float64", "float32", "float16", "bfloat16")
+DTYPES = ("float64", "float32", "float16", "bfloat16")   # names of torch dtypes (the engine takes torch.<name>)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from inference.engine.lora import LoraBatch, LoraSegment, LoraSlotWeights
+from inference.engine.lora import LoraBatch, LoraSlotWeights
 from inference.engine.model import AttentionMetadata, Transformer
 from inference.engine.scheduler import ScheduledChunk
 from inference.kernels import use_triton
+from inference.kernels.reference import LoraSegment
 
 if TYPE_CHECKING:
     from inference.kernels.sgmv import SegmentTable

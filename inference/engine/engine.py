@@ -16,8 +16,6 @@ from inference.engine.model_runner import ModelRunner
 from inference.engine.scheduler import Scheduler, SchedulerOutput
 from inference.engine.sequence import Request, RequestKind, RequestStatus
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 @dataclass(frozen=True, slots=True)
 class RequestOutput:
@@ -39,7 +37,7 @@ class Engine:
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.config = config or EngineConfig()
         self.clock_ns = clock_ns
-        self.model = Transformer.from_dir(model_dir, _DTYPES[self.config.dtype], torch.device(device))
+        self.model = Transformer.from_dir(model_dir, getattr(torch, self.config.dtype), torch.device(device))
         self.runner = ModelRunner(self.model, self.config)
         self.scheduler = Scheduler(self.config)
         self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()

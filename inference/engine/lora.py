@@ -1,4 +1,4 @@
-"""LoRA weights: PEFT loading (host), device slot stacks, and the segmented reference op."""
+"""LoRA weights: PEFT loading (host) and device slot stacks; the segmented op is `inference.kernels.sgmv`."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from inference.kernels import sgmv, step_segments
+from inference.kernels.reference import LoraSegment
 
 if TYPE_CHECKING:
     from inference.kernels.sgmv import SegmentTable
@@ -28,17 +29,6 @@ class LoraAdapter:
     scale: float
     a: dict[tuple[int, str], torch.Tensor]
     b: dict[tuple[int, str], torch.Tensor]
-
-
-@dataclass(frozen=True, slots=True)
-class LoraSegment:
-    """Tokens [start, end) of the step all use the adapter in `slot`."""
-
-    start: int
-    end: int
-    slot: int
-    rank: int
-    scale: float
 
 
 def load_peft_adapter(path: str | Path, dtype: torch.dtype = torch.float32) -> LoraAdapter:
@@ -69,20 +59,6 @@ def _check_supported(config: dict) -> None:
             raise ValueError(f"LoRA option {flag} is not supported")
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("modules_to_save"):
         raise ValueError("rank_pattern, alpha_pattern and modules_to_save are not supported")
-
-
-def sgmv_ref(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-             segments: list[LoraSegment]) -> None:
-    """Add each token's own LoRA delta to `y` in place (segmented gather matmul).
-
-    x: [T, in], y: [T, out], lora_a: [S, in, R], lora_b: [S, R, out] (S slots, R max rank).
-        for seg in segments:
-            for i in range(seg.start, seg.end):
-                y[i] += (x[i] @ lora_a[seg.slot, :, :seg.rank]) @ lora_b[seg.slot, :seg.rank] * seg.scale
-    """
-    for seg in segments:
-        shrunk = x[seg.start:seg.end] @ lora_a[seg.slot, :, :seg.rank]        # [n, r]
-        y[seg.start:seg.end] += (shrunk @ lora_b[seg.slot, :seg.rank]) * seg.scale
 
 
 class LoraSlotWeights:

@@ -3,7 +3,7 @@
 Every step runs all scheduled tokens of all requests as one flat batch `[T]`; attention
 writes the step's K/V into the cache slots of each token and reads each request's
 context back through its block table (`inference.kernels.paged_attention`: Triton on CUDA,
-`paged_attention_ref` below elsewhere).
+`inference.kernels.reference.paged_attention_ref` elsewhere).
 """
 from __future__ import annotations
 
@@ -77,38 +77,6 @@ class AttentionMetadata:
     seq_lens: list[int]             # [B] context length after this step
     query_start_loc: list[int]      # [B + 1] offsets of each request's tokens in the flat batch
     device_lens: tuple[torch.Tensor, torch.Tensor] | None = None   # the two lists as int32 (Triton path)
-
-
-def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        block_tables: torch.Tensor, seq_lens: list[int],
-                        query_start_loc: list[int], scale: float) -> torch.Tensor:
-    """Causal attention of each request's new queries over its paged context.
-
-    q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D]; returns [T, Hq, D].
-        for b in range(B):
-            keys = k_cache[block_tables[b]].flatten(0, 1)[:seq_lens[b]]   # likewise values
-            out[qs[b]:qs[b+1]] = softmax(q[qs[b]:qs[b+1]] @ keys^T * scale, causal offset seq_len - n_q) @ values
-    """
-    out = torch.empty_like(q)
-    block_size = k_cache.shape[1]
-    for b, seq_len in enumerate(seq_lens):
-        start, end = query_start_loc[b], query_start_loc[b + 1]
-        blocks = block_tables[b, :-(-seq_len // block_size)]
-        keys = k_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)      # [Hkv, S, D]
-        values = v_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)    # [Hkv, S, D]
-        out[start:end] = _attend(q[start:end].transpose(0, 1), keys, values, scale).transpose(0, 1)
-    return out
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q: [Hq, n, D] (the last n of S positions), k, v: [Hkv, S, D] -> [Hq, n, D]."""
-    n, seq_len = q.shape[1], k.shape[1]
-    mask = None
-    if n > 1:
-        rows = torch.arange(n, device=q.device)[:, None] + (seq_len - n)
-        mask = torch.arange(seq_len, device=q.device)[None, :] <= rows              # [n, S]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                          enable_gqa=k.shape[0] != q.shape[0])
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -5,11 +5,12 @@ import torch
 
 from inference.engine.config import EngineConfig
 from inference.engine.cuda_graphs import DecodeGraphs
-from inference.engine.lora import LoraBatch, LoraSegment, LoraSlotWeights
+from inference.engine.lora import LoraBatch, LoraSlotWeights
 from inference.engine.model import AttentionMetadata, Transformer
 from inference.engine.scheduler import ScheduledChunk, SchedulerOutput, StepResult
 from inference.engine.sequence import RequestKind
 from inference.kernels import step_lens, use_triton
+from inference.kernels.reference import LoraSegment
 
 
 class ModelRunner:

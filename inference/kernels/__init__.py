@@ -3,7 +3,7 @@
 `sgmv` and `paged_attention` take exactly the arguments of `sgmv_ref` and `paged_attention_ref`.
 Setting FINLLM_FORCE_TRITON=1 runs the Triton kernels on CPU tensors too (with TRITON_INTERPRET=1
 set before the kernels are first imported), which is how the parity tests reach them without a GPU.
-The engine modules import this package, so the references and kernels are imported on first call.
+The references live in `inference.kernels.reference`; the Triton kernels are imported on first call.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from inference.kernels.reference import LoraSegment, paged_attention_ref, sgmv_ref
+
 if TYPE_CHECKING:
-    from inference.engine.lora import LoraSegment
     from inference.kernels.sgmv import SegmentTable
 
 FORCE_TRITON_ENV = "FINLLM_FORCE_TRITON"
@@ -58,7 +59,6 @@ def sgmv(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.T
         from inference.kernels.sgmv import sgmv_triton
         sgmv_triton(y, x, lora_a, lora_b, segments)
     else:
-        from inference.engine.lora import sgmv_ref
         sgmv_ref(y, x, lora_a, lora_b, segments)
 
 
@@ -82,5 +82,4 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         from inference.kernels.paged_attention import paged_attention_triton
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
                                       device_lens)
-    from inference.engine.model import paged_attention_ref
     return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)

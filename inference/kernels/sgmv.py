@@ -17,8 +17,8 @@ import triton.language as tl
 
 from inference.kernels.tiles import dot_in_fp32, tile_dot, tile_size
 
-if TYPE_CHECKING:    # the engine imports this package, so no runtime import back into it
-    from inference.engine.lora import LoraSegment
+if TYPE_CHECKING:
+    from inference.kernels.reference import LoraSegment
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,13 +79,13 @@ def test_worker_without_prefix_caching_drops_warmups(monkeypatch):
     import time
 
     from inference.fusion import FusionPolicy
-    from inference.worker import InferenceWorker, WorkerConfig, build_scorer
+    from inference.worker import InferenceWorker, WorkerConfig, configured_scorer
     from streams.settings import KafkaSettings
 
     monkeypatch.setenv("FINLLM_PREFIX_CACHING", "off")
     monkeypatch.setenv("FINLLM_ENGINE", "paged")
     cfg = WorkerConfig.from_env()
-    scorer = build_scorer(cfg)
+    scorer = configured_scorer(cfg)
     assert not cfg.prefix_caching and not scorer.engine.config.enable_prefix_caching
     p = Processor(CFG)
     fire(p, trade(1), trade(52))
@@ -105,10 +105,10 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
     import asyncio
     import time
 
-    from inference.engine.scorer import EngineScorer
+    from inference.scorers.engine import EngineScorer
     from inference.fusion import FusionPolicy
-    from inference.models import resolve_model_dir
-    from inference.scoring import ScoreItem
+    from inference.checkpoints import resolve_model_dir
+    from inference.scorers.base import ScoreItem
     from inference.worker import InferenceWorker, WorkerConfig
     from streams.settings import KafkaSettings
 

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from inference.modelbuild import build_model
+from inference.checkpoints import build_model
 
 _WORDS = (
     "stock shares rose fell market price earnings revenue guidance bank oil tech futures "

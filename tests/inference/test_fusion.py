@@ -5,7 +5,7 @@ import pytest
 
 from inference.fusion import (FusionPolicy, FusionWeights, fit_weights, fuse, fuse_arrays, fused_logloss,
                               total_variation)
-from inference.scoring import ScoreResult
+from inference.scorers.base import ScoreResult
 from inference.worker import make_forecast
 from schemas import InferenceRequest, Probs
 

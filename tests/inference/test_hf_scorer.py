@@ -8,9 +8,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.hf_scorer import HFScorer, UnknownAdapterError, label_token_ids, left_pad
-from inference.modelbuild import build_model, model_fingerprint
-from inference.scoring import LABELS, ScoreItem, Scorer
+from inference.checkpoints import build_model, model_fingerprint
+from inference.scorers.base import ScoreItem, Scorer, label_token_ids
+from inference.scorers.hf import BASE_ADAPTER, HFScorer, UnknownAdapterError, left_pad
+from schemas import DIRECTIONS
 
 PROMPTS = [
     "shares rose",
@@ -43,7 +44,7 @@ def _probs(results) -> torch.Tensor:
 
 def _full_vocab_label_probs(model, tokenizer, prompt: str) -> torch.Tensor:
     """Reference: softmax over every vocabulary logit, keep label ids, renormalise."""
-    label_ids = label_token_ids(tokenizer, LABELS)
+    label_ids = label_token_ids(tokenizer, DIRECTIONS)
     input_ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits[0, -1]  # [V]
@@ -58,7 +59,7 @@ def test_is_a_scorer(scorer, tiny_model_dir):
 
 
 def test_label_token_ids_are_the_label_words(tokenizer):
-    ids = label_token_ids(tokenizer, LABELS)
+    ids = label_token_ids(tokenizer, DIRECTIONS)
     assert [tokenizer.decode([i]) for i in ids] == [" up", " down", " flat"]
 
 
@@ -95,7 +96,7 @@ def test_expired_items_are_not_computed(scorer):
     ]
     past, future, none = scorer.score(items)
     assert (past.request_id, past.probs, past.expired) == ("past", None, True)
-    assert not future.expired and len(future.probs) == len(LABELS)
+    assert not future.expired and len(future.probs) == len(DIRECTIONS)
     assert not none.expired and none.probs is not None
 
 
@@ -111,9 +112,14 @@ def test_unknown_adapter_raises_key_error(scorer):
         scorer.score([ScoreItem("x", PROMPTS[1], adapter="nope")])
 
 
-def test_duplicate_adapter_name_is_rejected(scorer, lora_dirs):
-    with pytest.raises(ValueError, match="alpha"):
-        scorer.load_adapter("alpha", str(lora_dirs["alpha"]))
+def test_registering_a_loaded_name_replaces_it_and_the_base_name_is_reserved(scorer, tiny_model_dir, lora_dirs):
+    own = HFScorer(str(tiny_model_dir), adapters={"alpha": str(lora_dirs["alpha"])})
+    own.register_adapter("alpha", str(lora_dirs["beta"]))
+    assert own.adapter_names == own.resident_adapters == frozenset({"alpha"})
+    assert torch.allclose(_probs(own.score(_items(PROMPTS, "alpha"))), _probs(scorer.score(_items(PROMPTS, "beta"))),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match="reserved"):
+        own.register_adapter(BASE_ADAPTER, str(lora_dirs["alpha"]))
 
 
 def test_removed_adapter_is_refused_and_the_others_are_unchanged(tiny_model_dir, lora_dirs):
@@ -129,7 +135,7 @@ def test_removed_adapter_is_refused_and_the_others_are_unchanged(tiny_model_dir,
     assert own.score(_items(PROMPTS[:1]))[0].probs is not None      # the base model still serves
     with pytest.raises(KeyError):
         own.remove_adapter("beta")
-    own.load_adapter("alpha", str(lora_dirs["alpha"]))                # and a name can come back
+    own.register_adapter("alpha", str(lora_dirs["alpha"]))            # and a name can come back
     assert own.score(_items(PROMPTS[:1], "alpha"))[0].probs is not None
 
 

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
-from inference.engine.scorer import EngineScorer
+from inference.scorers.engine import EngineScorer
 from inference.fusion import FusionPolicy
 from inference.worker import InferenceWorker, WorkerConfig
 from schemas import InferenceRequest, Probs, decode_forecast, encode

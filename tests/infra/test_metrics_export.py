@@ -53,8 +53,8 @@ def test_two_processes_worth_of_metrics_do_not_collide() -> None:
 
 @pytest.fixture(scope="module")
 def engine_scorer():
-    from inference.engine.scorer import EngineScorer
-    from inference.models import resolve_model_dir
+    from inference.scorers.engine import EngineScorer
+    from inference.checkpoints import resolve_model_dir
 
     scorer = EngineScorer(str(resolve_model_dir(None)))
     yield scorer
@@ -63,7 +63,7 @@ def engine_scorer():
 
 def test_inference_metrics_after_a_real_engine_batch(engine_scorer) -> None:
     from inference.fusion import FusionPolicy
-    from inference.scoring import ScoreItem
+    from inference.scorers.base import ScoreItem
     from inference.worker import make_forecast
     from schemas import InferenceRequest, Probs
 
@@ -92,7 +92,7 @@ def test_inference_metrics_after_a_real_engine_batch(engine_scorer) -> None:
 
 
 def test_engine_counters_follow_the_engine_totals_without_double_counting(engine_scorer) -> None:
-    from inference.scoring import ScoreItem
+    from inference.scorers.base import ScoreItem
 
     metrics = InferenceMetrics()
     for deadline_ns in (1, None):  # the first one is long past its deadline: the engine expires it

@@ -50,9 +50,9 @@ def same(forecast: Forecast, expected: tuple) -> bool:
 def expected_forecasts(tape: Tape, cfg: AgentsConfig) -> dict[str, tuple]:
     """id -> projection of the forecast an undisturbed run publishes for each trigger of the tape."""
     from inference.fusion import FusionPolicy
-    from inference.hf_scorer import HFScorer
-    from inference.models import resolve_model_dir
-    from inference.scoring import ScoreItem
+    from inference.scorers.hf import HFScorer
+    from inference.checkpoints import resolve_model_dir
+    from inference.scorers.base import ScoreItem
     from inference.worker import make_forecast
 
     processor = Processor(cfg)           # builds the requests (its per-symbol prompt cache starts empty)

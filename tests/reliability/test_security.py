@@ -40,9 +40,9 @@ def test_adapter_names_still_pass(name):
 
 
 def test_the_scorer_loads_nothing_a_request_names(tmp_path):
-    from inference.engine.scorer import EngineScorer
-    from inference.models import resolve_model_dir
-    from inference.scoring import ScoreItem
+    from inference.scorers.engine import EngineScorer
+    from inference.checkpoints import resolve_model_dir
+    from inference.scorers.base import ScoreItem
 
     scorer = EngineScorer(str(resolve_model_dir(None)))
     try:
@@ -90,9 +90,9 @@ def test_the_longest_prompt_the_agents_can_build_is_scored_not_refused():
     from agents.config import AgentsConfig
     from agents.features import Features
     from agents.prompt import build_prompt
-    from inference.engine.scorer import EngineScorer
-    from inference.models import resolve_model_dir
-    from inference.scoring import ScoreItem
+    from inference.scorers.engine import EngineScorer
+    from inference.checkpoints import resolve_model_dir
+    from inference.scorers.base import ScoreItem
     from schemas import NewsItem
 
     rng = random.Random(1)

@@ -11,10 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from agents.config import NS_PER_S, AgentsConfig
-from agents.lab.evaluate import EvalOptions, evaluate_tape, latency_adjusted_labels
-from inference.adapters.metrics import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
-from inference.scoring import LABELS, ScoreItem, ScoreResult
 from agents.cli import cli
+from agents.lab.evaluate import EvalOptions, evaluate_tape, latency_adjusted_labels
+from agents.quality import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
+from inference.scorers.base import ScoreItem, ScoreResult
+from schemas import DIRECTIONS as LABELS
 from streams.synth import synth_tape
 from streams.tape import Tape
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from agents.cli import cli
 from inference.adapters.registry import AdapterRegistry, RegistryError, record_from_folder
 from inference.adapters.train import TrainConfig, base_card, train_adapter, write_card
-from inference.engine.scorer import EngineScorer
-from inference.modelbuild import model_fingerprint
-from inference.registry_watch import RegistryWatch, SerializedScorer, start_registry_watch
-from inference.scoring import ScoreItem
-from agents.cli import cli
+from inference.adapters.watch import RegistryWatch, SerializedScorer, start_registry_watch
+from inference.checkpoints import model_fingerprint
+from inference.scorers.base import ScoreItem
+from inference.scorers.engine import EngineScorer
 from streams.latest import LatestStore
 
 PROMPT = "News: shares rally.\nDirection (up, down or flat):"
@@ -144,7 +144,7 @@ def test_a_running_worker_task_picks_up_a_new_adapter(redis_url, topic_prefix, t
 
 
 def test_transformers_scorer_hot_loads_and_unloads(redis_url, topic_prefix, tiny_model_dir, adapter_dir):
-    from inference.hf_scorer import HFScorer
+    from inference.scorers.hf import HFScorer
 
     scorer = SerializedScorer(HFScorer(str(tiny_model_dir)))
 
@@ -179,7 +179,7 @@ def test_cli_register_list_remove(redis_url, topic_prefix, adapter_dir):
 
 def test_watch_refuses_adapters_outside_the_configured_folders(redis_url, topic_prefix, tiny_model_dir, adapter_dir,
                                                               tmp_path):
-    from inference.registry_watch import allowed_adapter_dirs, inside
+    from inference.adapters.watch import allowed_adapter_dirs, inside
 
     scorer = SerializedScorer(EngineScorer(str(tiny_model_dir)))
     allowed = (tmp_path / "allowed").resolve()

@@ -2,8 +2,7 @@
 import json
 
 from inference.adapters.shipped import SHIPPED_DIR, load_routing
-from inference.modelbuild import model_fingerprint
-from inference.models import resolve_model_dir
+from inference.checkpoints import model_fingerprint, resolve_model_dir
 
 
 def test_shipped_adapters_were_trained_on_the_default_model_built_here():

@@ -18,9 +18,9 @@ from inference.adapters.train import (
     train_adapter,
     write_card,
 )
-from inference.hf_scorer import HFScorer
-from inference.modelbuild import model_fingerprint
-from inference.scoring import ScoreItem
+from inference.scorers.hf import HFScorer
+from inference.checkpoints import model_fingerprint
+from inference.scorers.base import ScoreItem
 
 WORDS = {"up": ("rally", "surge", "beat"), "down": ("slump", "miss", "probe"), "flat": ("meeting", "filing", "panel")}
 
@@ -69,7 +69,7 @@ def test_it_learns_a_keyword_to_label_mapping(tiny_model_dir):
 
 
 def test_saved_adapter_is_small_peft_and_loads_in_the_engine(tiny_model_dir, tmp_path):
-    from inference.engine.scorer import EngineScorer
+    from inference.scorers.engine import EngineScorer
 
     prompts, labels = toy_examples(16, seed=4)
     trainer, stats = train_adapter(tiny_model_dir, prompts, labels, tmp_path / "a",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.engine.tiny_models import build_tiny_adapter, build_tiny_model, build_tiny_tokenizer
+from tests.inference.tiny_models import build_tiny_adapter, build_tiny_model, build_tiny_tokenizer
 
 ENGINE_DEVICE = os.environ.get("FINLLM_TEST_DEVICE", "cpu")
 ADAPTER_SPECS = {  # name -> (rank, target modules); ranks differ, targets differ

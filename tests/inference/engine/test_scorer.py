@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from inference.engine.config import EngineConfig
-from inference.engine.scorer import EngineScorer
-from inference.scoring import ScoreItem, ScoreResult
+from inference.scorers.base import ScoreItem, ScoreResult
+from inference.scorers.engine import EngineScorer
 
 from .reference import HFReference
 

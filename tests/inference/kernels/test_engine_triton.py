@@ -17,9 +17,9 @@ pytest.importorskip("triton")
 from inference.engine.config import EngineConfig  # noqa: E402
 from inference.engine.engine import Engine  # noqa: E402
 from inference.engine.sequence import RequestKind, RequestStatus  # noqa: E402
-from inference.engine.tiny_models import build_tiny_adapter, build_tiny_model  # noqa: E402
 from inference.kernels import FORCE_TRITON_ENV, use_triton  # noqa: E402
 from tests.inference.kernels.conftest import DEVICE as KERNEL_DEVICE  # noqa: E402
+from tests.inference.tiny_models import build_tiny_adapter, build_tiny_model  # noqa: E402
 
 DEVICE = str(KERNEL_DEVICE)     # the Triton runs: CUDA where there is one, else CPU (interpreted)
 

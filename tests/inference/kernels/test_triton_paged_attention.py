@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from inference.engine.model import paged_attention_ref  # noqa: E402
+from inference.kernels.reference import paged_attention_ref  # noqa: E402
 from inference.kernels import paged_attention  # noqa: E402
 from inference.kernels.paged_attention import paged_attention_triton  # noqa: E402
 from tests.inference.kernels.conftest import DEVICE, DTYPES, TOLERANCES  # noqa: E402

@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from inference.engine.lora import LoraSegment, sgmv_ref  # noqa: E402
+from inference.kernels.reference import LoraSegment, sgmv_ref  # noqa: E402
 from inference.kernels import sgmv, use_triton  # noqa: E402
 from inference.kernels.sgmv import SegmentTable, sgmv_shrink, sgmv_triton  # noqa: E402
 from tests.inference.kernels.conftest import DEVICE, DTYPES, TOLERANCES  # noqa: E402

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from inference.adapters.registry import AdapterRecord, AdapterRegistry, AdapterStatus
-from inference.scoring import ScoreItem, ScoreResult, Scorer
+from inference.adapters.shipped import SHIPPED_DIR
+from inference.scorers.base import ScoreItem, ScoreResult, Scorer
 
 log = logging.getLogger("finllm.inference.registry")
 POLL_S = 1.0
@@ -34,7 +35,7 @@ class SerializedScorer:
         self.lock = threading.Lock()
 
     def __getattr__(self, name: str):
-        """Everything else (metrics, prefix_caching, ...) is the wrapped scorer's."""
+        """What is not part of `Scorer` (the engine that `streams.metrics` reads) is the wrapped scorer's."""
         return getattr(self.inner, name)
 
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
@@ -42,17 +43,27 @@ class SerializedScorer:
             return self.inner.score(items)
 
     def register_adapter(self, name: str, path: str) -> None:
-        """EngineScorer.register_adapter (replaces a name), or HFScorer.load_adapter (new names only)."""
-        register = getattr(self.inner, "register_adapter", None) or getattr(self.inner, "load_adapter")
         with self.lock:
-            register(name, path)
+            self.inner.register_adapter(name, path)
 
     def remove_adapter(self, name: str) -> None:
-        remove = getattr(self.inner, "remove_adapter", None)
-        if remove is None:
-            raise NotImplementedError(f"{type(self.inner).__name__} cannot unload adapters")
         with self.lock:
-            remove(name)
+            self.inner.remove_adapter(name)
+
+    @property
+    def adapter_names(self) -> frozenset[str]:
+        return self.inner.adapter_names
+
+    @property
+    def resident_adapters(self) -> frozenset[str]:
+        return self.inner.resident_adapters
+
+    @property
+    def prefix_caching(self) -> bool:
+        return self.inner.prefix_caching
+
+    def metrics(self) -> dict:
+        return self.inner.metrics()
 
     def close(self) -> None:
         self.inner.close()
@@ -65,7 +76,7 @@ def allowed_adapter_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:
     if env.get("FINLLM_ADAPTER_DIRS"):
         return tuple(Path(p).resolve() for p in env["FINLLM_ADAPTER_DIRS"].split(",") if p)
     cache = Path(env.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm")
-    return (Path(__file__).resolve().parent / "data" / "adapters", (cache / "adapters").resolve())
+    return (SHIPPED_DIR, (cache / "adapters").resolve())
 
 
 def inside(path: str | Path, roots: tuple[Path, ...]) -> bool:
@@ -128,9 +139,7 @@ class RegistryWatch:
         await self._status(record, "loaded")
 
     def _replace(self, record: AdapterRecord) -> None:
-        if record.name in self.loaded and not hasattr(self.scorer.inner, "register_adapter"):
-            self.scorer.remove_adapter(record.name)   # a scorer that cannot replace in place
-        self.scorer.register_adapter(record.name, record.path)
+        self.scorer.register_adapter(record.name, record.path)   # replaces a loaded version
 
     async def _unload(self, name: str) -> None:
         version = self.loaded.pop(name)
@@ -164,8 +173,7 @@ def start_registry_watch(scorer: Scorer, latest, prefix: str, model_dir: str | N
 
 
 def served_model_hash(model_dir: str | None) -> str:
-    from inference.modelbuild import model_fingerprint
-    from inference.models import resolve_model_dir
+    from inference.checkpoints import model_fingerprint, resolve_model_dir
 
     return model_fingerprint(resolve_model_dir(model_dir))
 

@@ -18,8 +18,8 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from inference.modelbuild import model_fingerprint
-from inference.scoring import LABELS, ScoreItem, ScoreResult
+from inference.checkpoints import model_fingerprint
+from inference.scorers.base import ScoreItem, ScoreResult, label_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,6 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 class UnknownAdapterError(KeyError):
     """An item names an adapter this scorer has not loaded."""
-
-
-def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: Sequence[str]) -> list[int]:
-    """First token id of " " + label for each label; the ids must be distinct."""
-    ids = [tokenizer.encode(" " + label, add_special_tokens=False)[0] for label in labels]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"labels {list(labels)} share first tokens {ids}")
-    return ids
 
 
 def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,11 +66,11 @@ class HFScorer:
         self._model = self._load_model(model_dir, dtype)
         self._max_prompt_tokens = self._model.config.max_position_embeddings
         self._pad_id = _pad_token_id(self._tokenizer)
-        self._label_head = self._label_rows(label_token_ids(self._tokenizer, LABELS))  # [L, H]
+        self._label_head = self._label_rows(label_token_ids(self._tokenizer))  # [L, H]
         self._adapter_names: set[str] = set()
         self.model_name = f"{Path(model_dir).resolve().name}@{model_fingerprint(model_dir)}"
         for name, path in (adapters or {}).items():
-            self.load_adapter(name, path)
+            self.register_adapter(name, path)
 
     def _load_model(self, model_dir: str, dtype: torch.dtype) -> torch.nn.Module:
         model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
@@ -94,10 +86,17 @@ class HFScorer:
     def adapter_names(self) -> frozenset[str]:
         return frozenset(self._adapter_names)
 
-    def load_adapter(self, name: str, path: str) -> None:
-        """Load a PEFT LoRA adapter saved at `path` under `name`."""
-        if name == BASE_ADAPTER or name in self._adapter_names:
-            raise ValueError(f"adapter name {name!r} is reserved or already loaded")
+    @property
+    def resident_adapters(self) -> frozenset[str]:
+        """Every loaded adapter sits on the model's device."""
+        return self.adapter_names
+
+    def register_adapter(self, name: str, path: str) -> None:
+        """Load a PEFT LoRA adapter saved at `path` under `name`; one loaded under that name is unloaded first."""
+        if name == BASE_ADAPTER:
+            raise ValueError(f"adapter name {name!r} is reserved")
+        if name in self._adapter_names:
+            self.remove_adapter(name)   # PEFT cannot replace an adapter in place
         _reject_head_adapters(path)
         if isinstance(self._model, PeftModel):
             self._model.load_adapter(path, adapter_name=name)
@@ -204,6 +203,15 @@ class HFScorer:
             last_hidden = hidden[:, -1, :].float()  # [B, H]
             label_logits = last_hidden @ self._label_head.T  # [B, L]
             return label_logits.softmax(dim=-1).cpu()
+
+    @property
+    def prefix_caching(self) -> bool:
+        """Every forward runs the whole prompt: nothing is kept between batches."""
+        return False
+
+    def metrics(self) -> dict:
+        """This backend keeps no counters."""
+        return {}
 
     def close(self) -> None:
         """Drop the model; the scorer is unusable afterwards."""

@@ -11,8 +11,8 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference import modelbuild
-from inference.modelbuild import (
+from inference import checkpoints
+from inference.checkpoints import (
     MANIFEST_NAME,
     SINGLE_TOKEN_WORDS,
     ModelBuildError,
@@ -68,8 +68,8 @@ def test_built_model_loads_and_matches_manifest(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
     manifest = read_manifest(tiny_model_dir)
-    assert manifest["weights_sha256"] == modelbuild._sha256_file(tiny_model_dir / "model.safetensors")
-    assert manifest["seed"] == 0 and manifest["recipe_version"] == modelbuild.RECIPE_VERSION
+    assert manifest["weights_sha256"] == checkpoints._sha256_file(tiny_model_dir / "model.safetensors")
+    assert manifest["seed"] == 0 and manifest["recipe_version"] == checkpoints.RECIPE_VERSION
     assert model.config.model_type == "qwen2"
     assert model.config.vocab_size == len(tokenizer)
     assert model.config.tie_word_embeddings
@@ -117,14 +117,13 @@ def test_ensure_model_does_not_rebuild(tiny_model_dir):
 
 def test_default_model_dir_follows_cache_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FINLLM_CACHE_DIR", str(tmp_path))
-    assert default_model_dir() == tmp_path / "models" / f"tiny-qwen2-v{modelbuild.RECIPE_VERSION}"
+    assert default_model_dir() == tmp_path / "models" / f"tiny-qwen2-v{checkpoints.RECIPE_VERSION}"
     monkeypatch.delenv("FINLLM_CACHE_DIR")
-    assert default_model_dir() == Path.home() / ".cache" / "finllm" / "models" / f"tiny-qwen2-v{modelbuild.RECIPE_VERSION}"
+    assert default_model_dir() == Path.home() / ".cache" / "finllm" / "models" / f"tiny-qwen2-v{checkpoints.RECIPE_VERSION}"
 
 
 def test_default_corpus_is_deterministic():
-    assert modelbuild.default_corpus(50) == modelbuild.default_corpus(50)
-    assert modelbuild.default_corpus(50, seed=1) != modelbuild.default_corpus(50)
+    assert checkpoints.default_corpus() == checkpoints.default_corpus()
 
 
 _CONCURRENT_BUILDER = textwrap.dedent(
@@ -132,7 +131,7 @@ _CONCURRENT_BUILDER = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
     from transformers import AutoModelForCausalLM
-    from inference.modelbuild import ensure_model
+    from inference.checkpoints import ensure_model
 
     out_dir, calls_log, ready_dir, me = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     (ready_dir / me).touch()

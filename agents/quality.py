@@ -1,6 +1,6 @@
 """Forecast-quality metrics over the three direction labels, and cluster-bootstrap intervals.
 
-`probs` is [N, L] (rows sum to 1, columns in LABELS order), `y` is [N] label indices.
+`probs` is [N, L] (rows sum to 1, columns in `schemas.DIRECTIONS` order), `y` is [N] label indices.
 Pure numpy: no torch, no Kafka.
 """
 from __future__ import annotations

@@ -10,18 +10,10 @@ from typing import Sequence
 from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine, RequestOutput
 from inference.engine.sequence import RequestKind, RequestStatus
-from inference.modelbuild import model_fingerprint
-from inference.scoring import LABELS, ScoreItem, ScoreResult
+from inference.checkpoints import model_fingerprint
+from inference.scorers.base import ScoreItem, ScoreResult, label_token_ids
 
 log = logging.getLogger("finllm.engine")
-
-
-def label_token_ids(tokenizer, labels: Sequence[str] = LABELS) -> tuple[int, ...]:
-    """The first token id of " " + label for each label; they must be distinct."""
-    ids = tuple(tokenizer.encode(" " + label, add_special_tokens=False)[0] for label in labels)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"labels {labels} share first tokens {ids}")
-    return ids
 
 
 def softmax(logits: Sequence[float]) -> tuple[float, ...]:
@@ -40,7 +32,7 @@ class EngineScorer:
 
         self.model_name = f"{Path(model_dir).resolve().name}@{model_fingerprint(model_dir)}"   # as HFScorer
         self.engine = Engine(model_dir, config, device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.label_token_ids = label_token_ids(self.tokenizer)
         self._ids = itertools.count()
         self._unknown_adapters: set[str] = set()     # logged once each
@@ -49,7 +41,17 @@ class EngineScorer:
             self.register_adapter(name, path)
 
     def register_adapter(self, name: str, path: str) -> None:
+        """Load a PEFT LoRA folder under `name`; re-registering a name replaces its adapter."""
         self.engine.register_adapter(name, path)
+
+    @property
+    def adapter_names(self) -> frozenset[str]:
+        return frozenset(self.engine.registry.names)
+
+    @property
+    def resident_adapters(self) -> frozenset[str]:
+        """The registered adapters now in engine slots."""
+        return frozenset(self.engine.slots.resident)
 
     def remove_adapter(self, name: str) -> None:
         self.engine.remove_adapter(name)
