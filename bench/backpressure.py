@@ -24,6 +24,7 @@ from typing import Sequence
 
 from aiokafka import AIOKafkaConsumer
 
+from inference.adapters.watch import SerializedScorer
 from inference.fusion import FusionPolicy
 from inference.scorers.base import ScoreItem, ScoreResult
 from inference.worker import InferenceWorker, WorkerConfig
@@ -37,22 +38,20 @@ from streams.topics import Topics
 SAMPLE_S = 0.25
 
 
-class ThrottledScorer:
+class ThrottledScorer(SerializedScorer):
     """A real scorer whose every computed (not expired) request costs `cost_s` more."""
 
     prefix_caching = False   # warm-ups are not queued
 
     def __init__(self, inner, cost_s: float) -> None:
-        self.inner, self.cost_s, self.model_name = inner, cost_s, inner.model_name
+        super().__init__(inner)
+        self.cost_s = cost_s
 
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         now_ns = time.time_ns()
         live = sum(1 for i in items if i.deadline_ns is None or i.deadline_ns > now_ns)
         time.sleep(self.cost_s * live)
-        return self.inner.score(items)
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().score(items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ from transformers.models.qwen2.tokenization_qwen2 import (
     PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX,
 )
 
+from streams.settings import cache_dir
+
 RECIPE_VERSION = 2   # 2: weights drawn with numpy (the same on every CPU), not torch's init
 MANIFEST_NAME = "finllm_model.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -73,9 +75,8 @@ def resolve_model_dir(model_dir: str | None) -> Path:
 
 
 def default_model_dir() -> Path:
-    """`$FINLLM_CACHE_DIR/models/tiny-qwen2-v<recipe>`; the cache dir defaults to `~/.cache/finllm`."""
-    cache_dir = os.environ.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm"
-    return Path(cache_dir) / "models" / DEFAULT_MODEL_NAME
+    """`<cache>/models/tiny-qwen2-v<recipe>` (the cache: streams.settings.cache_dir)."""
+    return cache_dir() / "models" / DEFAULT_MODEL_NAME
 
 
 def default_corpus() -> Iterable[str]:

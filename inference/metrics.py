@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from inference.scorers.base import Scorer
 from streams.metrics import LATENCY_BUCKETS_S, ConsumerMetrics, counter_total, quantile
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -77,10 +78,9 @@ class EngineGauges:
                                        registry=registry)
         self.last: dict[str, Any] = {}
 
-    def observe(self, scorer: Any) -> None:
-        """Copy `scorer.metrics()` (absent on HFScorer) and the adapter counts into the gauges."""
-        metrics_fn = getattr(scorer, "metrics", None)
-        figures = dict(metrics_fn()) if callable(metrics_fn) else {}
+    def observe(self, scorer: Scorer) -> None:
+        """Copy `scorer.metrics()` (empty for HFScorer) and the adapter counts into the gauges."""
+        figures = dict(scorer.metrics())
         for key, counter in self.counters.items():
             if key in figures:
                 counter.inc(max(figures[key] - self.last.get(key, 0), 0))
@@ -91,7 +91,8 @@ class EngineGauges:
             for suffix, q in (("p50", "0.5"), ("p99", "0.99")):
                 if f"{key}_{suffix}" in figures:
                     gauge.labels(q).set(figures[f"{key}_{suffix}"])
-        self.last = figures | adapter_names(scorer)
+        self.last = figures | {"adapters_registered": sorted(scorer.adapter_names),
+                               "adapters_resident": sorted(scorer.resident_adapters)}
         self.adapters_registered.set(len(self.last["adapters_registered"]))
         self.adapters_resident.set(len(self.last["adapters_resident"]))
 
@@ -99,13 +100,3 @@ class EngineGauges:
         keys = ("queue_depth", "kv_blocks_used", "kv_blocks_free", "adapter_loads", "adapter_evictions",
                 "ttft_s_p50", "adapters_registered", "adapters_resident")
         return {k: self.last[k] for k in keys if k in self.last}
-
-
-def adapter_names(scorer: Any) -> dict[str, list[str]]:
-    """Registered and slot-resident adapter names of an HFScorer or EngineScorer (empty if unknown)."""
-    engine = getattr(scorer, "engine", None)
-    registered = getattr(scorer, "adapter_names", None)
-    if registered is None and engine is not None:
-        registered = engine.registry.names
-    resident = engine.slots.resident if engine is not None else registered
-    return {"adapters_registered": sorted(registered or ()), "adapters_resident": sorted(resident or ())}

@@ -14,7 +14,6 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from streams.heartbeat import HealthRecord, read_health
 from streams.lag import LagProbe, PartitionLag
-from streams.settings import KafkaSettings, redis_url_from_env
+from streams.settings import KafkaSettings
 from streams.topics import Topics
 
 PROBE_TIMEOUT_S = 15.0

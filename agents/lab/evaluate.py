@@ -16,13 +16,14 @@ import numpy as np
 import polars as pl
 
 from agents.config import NS_PER_S, AgentsConfig
-from agents.lab.examples import Example, build_examples, split_by_time
+from agents.lab.examples import Example, build_examples, label_array, split_by_time
 from agents.features import Features
-from agents.quality import accuracy, cluster_resamples, evaluate_forecast, interval, paired_difference
+from agents.lab.quality import (accuracy, cluster_resamples, evaluate_forecast, interval, label_frequencies,
+                                paired_difference)
 from agents.signal import numeric_probs
 from inference.fusion import FusionWeights, fit_weights, fuse_arrays
 from inference.scorers.base import ScoreItem, Scorer
-from schemas import DIRECTIONS as LABELS
+from schemas import DIRECTIONS
 from streams.tape import Tape
 
 FORECASTS = ("numeric", "llm", "fused")
@@ -72,10 +73,6 @@ def numeric_array(examples: Sequence[Example]) -> np.ndarray:
     return np.asarray([e.request.numeric.as_tuple() for e in examples])
 
 
-def label_array(examples: Sequence[Example]) -> np.ndarray:
-    return np.asarray([LABELS.index(e.label) for e in examples])
-
-
 def fitted_weights(scorer: Scorer, train: Sequence[Example], opts: EvalOptions) -> tuple[FusionWeights, dict]:
     """Fusion weights fitted on (an evenly spaced subset of) the training part, and what the fit saw."""
     step = max(1, -(-len(train) // opts.fit_max))
@@ -103,20 +100,15 @@ def baselines(train: Sequence[Example], test: Sequence[Example], cfg: AgentsConf
     """Majority class and momentum sign (frequencies fitted on `train`), and the driftless random walk."""
     y_train = label_array(train)
     sign_train, sign_test = _momentum_sign(train), _momentum_sign(test)
-    by_sign = {s: _frequencies(y_train[sign_train == s]) for s in (-1, 0, 1)}
+    by_sign = {s: label_frequencies(y_train[sign_train == s]) for s in (-1, 0, 1)}
     walk = [numeric_probs(Features(**_features(e)), cfg.horizon_s, cfg.flat_bps, 0.0).as_tuple() for e in test]
-    return {"majority": np.tile(_frequencies(y_train), (len(test), 1)),
+    return {"majority": np.tile(label_frequencies(y_train), (len(test), 1)),
             "momentum_sign": np.asarray([by_sign[s] for s in sign_test]),
             "random_walk": np.asarray(walk)}
 
 
 def _momentum_sign(examples: Sequence[Example]) -> np.ndarray:
     return np.sign([e.request.features["ret_short"] for e in examples]).astype(int)
-
-
-def _frequencies(y: np.ndarray) -> np.ndarray:
-    counts = np.bincount(y, minlength=len(LABELS)).astype(float) + 1.0  # add-one: no zero probabilities
-    return counts / counts.sum()
 
 
 def _features(example: Example) -> dict:
@@ -132,7 +124,7 @@ def forecast_frame(examples: Sequence[Example], probs: dict[str, np.ndarray], la
                      "adapter": [e.request.adapter for e in examples], "label": [e.label for e in examples],
                      "latency_ms": latency_ms, "last_price": [e.request.features["last_price"] for e in examples]}
     for name, p in probs.items():
-        for at, label in enumerate(LABELS):
+        for at, label in enumerate(DIRECTIONS):
             columns[f"{name}_p_{label}"] = p[:, at]
     return pl.DataFrame(columns)
 
@@ -174,7 +166,7 @@ def build_report(frame: pl.DataFrame, probs: dict[str, np.ndarray], y: np.ndarra
                                              "beats_by_more_than_interval": diff["difference"] > widest}
     report["latency_adjusted_hit_rate"] = _latency_adjusted(frame, probs, opts)
     report["n"] = int(y.size)
-    report["label_shares"] = {label: float((y == at).mean()) for at, label in enumerate(LABELS)}
+    report["label_shares"] = {label: float((y == at).mean()) for at, label in enumerate(DIRECTIONS)}
     return report
 
 
@@ -187,7 +179,7 @@ def _clusters(frame: pl.DataFrame, cluster_s: int) -> np.ndarray:
 def _latency_adjusted(frame: pl.DataFrame, probs: dict[str, np.ndarray], opts: EvalOptions) -> dict:
     labels = frame["label_latency_adjusted"].to_list()
     known = np.asarray([label is not None for label in labels])
-    y = np.asarray([LABELS.index(label) for label in labels if label is not None])
+    y = np.asarray([DIRECTIONS.index(label) for label in labels if label is not None])
     clusters = _clusters(frame, opts.cluster_s)[known]
     resamples = cluster_resamples(clusters, opts.n_boot, opts.seed) if y.size else []
     out = {}
@@ -219,8 +211,8 @@ def write_plots(evaluation: Evaluation, tape: Tape, out_dir) -> list:
 
 def reliability(frame: pl.DataFrame, name: str, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean forecast probability, observed frequency, count) per probability bin, over all labels."""
-    p = np.concatenate([frame[f"{name}_p_{label}"].to_numpy() for label in LABELS])
-    hit = np.concatenate([(frame["label"] == label).to_numpy() for label in LABELS]).astype(float)
+    p = np.concatenate([frame[f"{name}_p_{label}"].to_numpy() for label in DIRECTIONS])
+    hit = np.concatenate([(frame["label"] == label).to_numpy() for label in DIRECTIONS]).astype(float)
     which = np.minimum((p * bins).astype(int), bins - 1)
     used = [b for b in range(bins) if (which == b).any()]
     return (np.asarray([p[which == b].mean() for b in used]), np.asarray([hit[which == b].mean() for b in used]),

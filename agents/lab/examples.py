@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+import numpy as np
 import polars as pl
 
 from agents.config import NS_PER_S, AgentsConfig
 from agents.lab import TASKS
 from agents.offline import fired_triggers
 from agents.processor import Processor
-from schemas import InferenceRequest
+from schemas import DIRECTIONS, InferenceRequest
 from streams.tape import Tape
 
 SENTIMENT_LABELS = {1: "up", -1: "down", 0: "flat"}
@@ -113,3 +114,8 @@ def with_adapters(cfg: AgentsConfig, adapters: dict[str, str], default: str | No
     """`cfg` routing each symbol to an adapter (its `adapters` mapping, the pipeline's own routing)."""
 
     return replace(cfg, adapters=dict(adapters), default_adapter=default)
+
+
+def label_array(examples: Sequence[Example]) -> np.ndarray:
+    """Each example's label as its index in DIRECTIONS: [N]."""
+    return np.asarray([DIRECTIONS.index(e.label) for e in examples])

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from agents.config import AgentsConfig
-from agents.lab.examples import Example, Split, build_examples, split_by_time
+from agents.lab.examples import Example, Split, build_examples, label_array, split_by_time
 from streams.synth import COMPANIES, SECTOR_OF, synth_tape
 
 # Sectors of the synthetic tickers, in the order of their first company; shipped adapters follow them.
@@ -43,7 +43,7 @@ def train_from_tape(tape_dir: Path, out: Path, model: str | None, task: str, tcf
 def train_on_split(model_dir: Path, split: Split, out: Path, tcfg, *, task: str, tape: str,
                    init_from: str | None = None) -> dict:
     """Train on `split.train`, score `split.test` with the trained adapter, write the adapter and its card."""
-    from agents.quality import point_metrics
+    from agents.lab.quality import label_frequencies, point_metrics
     from inference.adapters.train import LabelHeadTrainer, base_card, write_card
 
     if not split.train or not split.test:
@@ -53,8 +53,8 @@ def train_on_split(model_dir: Path, split: Split, out: Path, tcfg, *, task: str,
     stats = trainer.fit(trainer.cache_inputs([e.request.prompt for e in split.train]), [e.label for e in split.train])
     trainer.save(out)
     probs = np.asarray(trainer.predict(trainer.cache_inputs([e.request.prompt for e in split.test])))
-    y = _label_index(split.test)
-    majority = np.tile(_frequencies(split.train), (len(split.test), 1))
+    y = label_array(split.test)
+    majority = np.tile(label_frequencies(label_array(split.train)), (len(split.test), 1))
     card = base_card(model_dir, tcfg, stats) | {
         "name": out.name, "task": task, "init_from": init_from, "data": _data_card(split, tape),
         "metrics": {"test": _rounded(point_metrics(probs, y)), "majority": _rounded(point_metrics(majority, y))}}
@@ -69,17 +69,6 @@ def _data_card(split: Split, tape: str) -> dict:
             "train_examples": len(split.train), "test_examples": len(split.test),
             "train_labels": dict(Counter(e.label for e in split.train)),
             "test_labels": dict(Counter(e.label for e in split.test))}
-
-
-def _label_index(examples: Sequence[Example]) -> np.ndarray:
-    from schemas import DIRECTIONS as LABELS
-
-    return np.asarray([LABELS.index(e.label) for e in examples])
-
-
-def _frequencies(examples: Sequence[Example]) -> np.ndarray:
-    counts = np.bincount(_label_index(examples), minlength=3).astype(float) + 1.0
-    return counts / counts.sum()
 
 
 def _rounded(metrics: dict) -> dict:

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 from inference.adapters.registry import AdapterRecord, AdapterRegistry, AdapterStatus
 from inference.adapters.shipped import SHIPPED_DIR
 from inference.scorers.base import ScoreItem, ScoreResult, Scorer
+from streams.settings import cache_dir
 
 log = logging.getLogger("finllm.inference.registry")
 POLL_S = 1.0
@@ -33,10 +34,6 @@ class SerializedScorer:
         self.inner = scorer
         self.model_name = scorer.model_name
         self.lock = threading.Lock()
-
-    def __getattr__(self, name: str):
-        """What is not part of `Scorer` (the engine that `streams.metrics` reads) is the wrapped scorer's."""
-        return getattr(self.inner, name)
 
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         with self.lock:
@@ -75,8 +72,7 @@ def allowed_adapter_dirs(env: dict[str, str] | None = None) -> tuple[Path, ...]:
     env = os.environ if env is None else env
     if env.get("FINLLM_ADAPTER_DIRS"):
         return tuple(Path(p).resolve() for p in env["FINLLM_ADAPTER_DIRS"].split(",") if p)
-    cache = Path(env.get("FINLLM_CACHE_DIR") or Path.home() / ".cache" / "finllm")
-    return (SHIPPED_DIR, (cache / "adapters").resolve())
+    return (SHIPPED_DIR, (cache_dir(env) / "adapters").resolve())
 
 
 def inside(path: str | Path, roots: tuple[Path, ...]) -> bool:

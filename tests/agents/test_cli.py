@@ -3,7 +3,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 import pytest

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from agents.config import NS_PER_S, AgentsConfig
 from agents.cli import cli
 from agents.lab.evaluate import EvalOptions, evaluate_tape, latency_adjusted_labels
-from agents.quality import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
+from agents.lab.quality import brier, cluster_resamples, ece, evaluate_forecast, logloss, mcc
 from inference.scorers.base import ScoreItem, ScoreResult
-from schemas import DIRECTIONS as LABELS
+from schemas import DIRECTIONS
 from streams.synth import synth_tape
 from streams.tape import Tape
 
@@ -89,7 +89,7 @@ class OracleScorer:
         self.labels, self.sharpness = labels, sharpness
 
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
-        return [ScoreResult(i.request_id, tuple(onehot([LABELS.index(self.labels[i.request_id])], self.sharpness)[0]))
+        return [ScoreResult(i.request_id, tuple(onehot([DIRECTIONS.index(self.labels[i.request_id])], self.sharpness)[0]))
                 for i in items]
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 
-import torch
 
 from inference.engine.config import EngineConfig
 from inference.engine.cuda_graphs import DecodeGraphs

@@ -9,9 +9,17 @@ from typing import Callable
 
 import numpy as np
 
+from schemas import DIRECTIONS
+
 EPS = 1e-12
 ECE_BINS = 10
 METRICS = ("accuracy", "mcc", "brier", "logloss", "ece")
+
+
+def label_frequencies(y: np.ndarray, labels: int = len(DIRECTIONS)) -> np.ndarray:
+    """Each label's share of `y` with one added to every count (no zero probability): [L]."""
+    counts = np.bincount(y, minlength=labels).astype(float) + 1.0
+    return counts / counts.sum()
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
