@@ -7,9 +7,11 @@ in order (agents.offline) and the same model scoring each request in this proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from pathlib import Path
+from typing import AsyncIterator
 
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
@@ -111,9 +113,23 @@ class Pipeline:
         self.env.update(env)
         self.workers: dict[str, WorkerProcess] = {}
 
-    def collector(self) -> ForecastCollector:
-        """A reader of `forecasts` and `deadletter` in a group of its own (it rejoins after a broker restart)."""
-        return ForecastCollector(self.kafka, group_id=f"{self.kafka.topics.prefix}collector")
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ForecastCollector]:
+        """Topics created, both workers ready, and a reader of `forecasts` and `deadletter` in a group of its
+        own (it rejoins after a broker restart); on leaving, the workers stop and every record read must
+        have been readable."""
+        await self.create_topics()
+        await self.start_all()
+        collector = ForecastCollector(self.kafka, group_id=f"{self.kafka.topics.prefix}collector")
+        reading = asyncio.create_task(collector.run())
+        await collector.started.wait()
+        try:
+            yield collector
+        finally:
+            self.stop_all()
+            collector.stopping.set()
+            await reading
+        assert not collector.unreadable, collector.unreadable
 
     async def create_topics(self) -> None:
         await ensure_topics(self.kafka.bootstrap, self.kafka.topics.all())

@@ -69,12 +69,7 @@ async def read_topic(kafka, topic: str) -> list[bytes]:
 async def run_with_broker_restart(tape: Tape, services: Services, pipeline: Pipeline, ids: set[str]) -> dict:
     cut_ns = int(tape.ticks["ts_ns"].quantile(0.5))
     before, after = split(tape, cut_ns)
-    await pipeline.create_topics()
-    await pipeline.start_all()
-    collector = pipeline.collector()
-    reading = asyncio.create_task(collector.run())
-    await collector.started.wait()
-    try:
+    async with pipeline.running() as collector:
         await replay(before, pipeline.kafka, speed=SPEED, progress=False)
         await asyncio.sleep(1.0)
         seen_before = set(collector.by_id)
@@ -87,11 +82,6 @@ async def run_with_broker_restart(tape: Tape, services: Services, pipeline: Pipe
         counts = {name: len(values) for name, values in records.items()}
         on_new_broker = {f.id: f for f in map(decode_forecast, records["forecasts"])}
         alive = {name: worker.process.poll() is None for name, worker in pipeline.workers.items()}
-    finally:
-        pipeline.stop_all()
-        collector.stopping.set()
-        await reading
-        assert not collector.unreadable, collector.unreadable
     return {"collector": collector, "cut_ns": cut_ns, "seen_before": seen_before, "down_s": down_s,
             "alive": alive, "counts": counts, "after_ticks": stats.ticks,
             "on_new_broker": on_new_broker}

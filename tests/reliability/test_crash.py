@@ -38,13 +38,8 @@ async def crash_and_restart(pipeline: Pipeline, collector: ForecastCollector, na
 
 
 async def run_with_crashes(tape: Tape, pipeline: Pipeline, ids: set[str]) -> tuple[ForecastCollector, dict]:
-    await pipeline.create_topics()
-    await pipeline.start_all()
-    collector = pipeline.collector()
-    reading = asyncio.create_task(collector.run())
-    await collector.started.wait()
-    replaying = asyncio.create_task(replay(tape, pipeline.kafka, speed=SPEED, progress=False))
-    try:
+    async with pipeline.running() as collector:
+        replaying = asyncio.create_task(replay(tape, pipeline.kafka, speed=SPEED, progress=False))
         await asyncio.sleep(4.0)
         inference = asyncio.create_task(crash_and_restart(pipeline, collector, "inference"))
         await asyncio.sleep(4.0)           # the agents die while the inference worker is still starting
@@ -53,11 +48,6 @@ async def run_with_crashes(tape: Tape, pipeline: Pipeline, ids: set[str]) -> tup
         await replaying
         await collector.wait_for(ids, 120.0)
         await asyncio.sleep(1.0)                       # late duplicates show up too
-    finally:
-        pipeline.stop_all()
-        collector.stopping.set()
-        await reading
-        assert not collector.unreadable, collector.unreadable
     return collector, resume
 
 

@@ -77,13 +77,8 @@ async def redis_outage(services: Services) -> None:
 
 
 async def run_degraded(tape, services: Services, pipeline: Pipeline, ids: set[str], records: list) -> ForecastCollector:
-    await pipeline.create_topics()
-    await pipeline.start_all()
-    collector = pipeline.collector()
-    reading = asyncio.create_task(collector.run())
-    await collector.started.wait()
-    replaying = asyncio.create_task(replay(tape, pipeline.kafka, speed=SPEED, progress=False))
-    try:
+    async with pipeline.running() as collector:
+        replaying = asyncio.create_task(replay(tape, pipeline.kafka, speed=SPEED, progress=False))
         await asyncio.sleep(3.0)                       # the symbols have ticks: an old tick is now late
         await inject(pipeline, records, key=tape.symbols[0].encode())
         await redis_outage(services)
@@ -94,11 +89,6 @@ async def run_degraded(tape, services: Services, pipeline: Pipeline, ids: set[st
         while len(collector.deadletters) < dead and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
-    finally:
-        pipeline.stop_all()
-        collector.stopping.set()
-        await reading
-        assert not collector.unreadable, collector.unreadable
     return collector
 
 
