@@ -18,7 +18,8 @@ from agents.config import AgentsConfig
 @click.option("--engine", type=click.Choice(["hf", "paged"]), default="hf", show_default=True)
 @click.option("--model", envvar="FINLLM_MODEL", help="Base model folder (default: the embedded tiny model).")
 @click.option("--test-fraction", default=0.3, show_default=True, help="Last share of the tape evaluated.")
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--resamples", "--bootstrap", "n_boot", default=1000, show_default=True,
+              help="Bootstrap resamples for the intervals (--bootstrap: the older name).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--no-plots", is_flag=True)
