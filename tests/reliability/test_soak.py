@@ -20,7 +20,7 @@ from streams.lag import LagProbe
 from streams.replay import replay
 from streams.synth import write_synth_tape
 from streams.tape import Tape
-from tests.reliability.pipeline import Collector, Pipeline, Services
+from tests.reliability.pipeline import Pipeline, Services
 
 pytestmark = [pytest.mark.soak, pytest.mark.integration]
 SYMBOLS, MINUTES = int(os.environ.get("FINLLM_SOAK_SYMBOLS", 20)), int(os.environ.get("FINLLM_SOAK_MINUTES", 120))
@@ -59,23 +59,20 @@ async def total_lag(pipeline: Pipeline) -> dict[str, int]:
 
 
 async def soak(tape: Tape, services: Services, pipeline: Pipeline, ids: set[str]) -> dict:
-    await pipeline.create_topics()
-    await pipeline.start_all()
-    pids = {"tansu": services.kafka.pid, "redis": services.redis.pid,
-            **{name: worker.pid for name, worker in pipeline.workers.items()}}
-    collector, stopping, samples = Collector(pipeline.kafka), asyncio.Event(), {}
-    tasks = [asyncio.create_task(collector.run()), asyncio.create_task(sample_memory(pids, samples, stopping))]
-    started = time.monotonic()
-    try:
-        stats = await replay(tape, pipeline.kafka, speed=None, progress=False)
-        complete = await collector.wait_for(ids, 1200.0)
-        await asyncio.sleep(3.0)                          # a commit interval or two
-        lag = await total_lag(pipeline)
-    finally:
-        stopping.set()
-        collector.stopping.set()
-        pipeline.stop_all()
-        await asyncio.gather(*tasks)
+    stopping, samples = asyncio.Event(), {}
+    async with pipeline.running() as collector:
+        pids = {"tansu": services.kafka.pid, "redis": services.redis.pid,
+                **{name: worker.pid for name, worker in pipeline.workers.items()}}
+        sampling = asyncio.create_task(sample_memory(pids, samples, stopping))
+        started = time.monotonic()
+        try:
+            stats = await replay(tape, pipeline.kafka, speed=None, progress=False)
+            complete = await collector.wait_for(ids, 1200.0)
+            await asyncio.sleep(3.0)                          # a commit interval or two
+            lag = await total_lag(pipeline)
+        finally:
+            stopping.set()
+            await sampling
     return {"stats": stats, "complete": complete, "lag": lag, "samples": samples, "collector": collector,
             "wall_s": time.monotonic() - started}
 
