@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from inference.checkpoints import model_fingerprint
-from inference.scorers.base import label_token_ids
+from inference.scorers.prompting import PromptFormat
 from inference.scorers.hf import left_pad
 from schemas import DIRECTIONS
 
@@ -91,7 +91,8 @@ class LabelHeadTrainer:
                                  if init_from else get_peft_model(base, self._lora_config(base)))
         self.decoder = base.model
         head = base.get_output_embeddings().weight                                       # [V, H]
-        self.label_rows = head[label_token_ids(self.tokenizer, DIRECTIONS)].detach().clone()  # [L, H]
+        self.prompt_format = PromptFormat.for_model(self.tokenizer, model_dir)
+        self.label_rows = head[self.prompt_format.label_ids].detach().clone()  # [L, H]
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
 
     def _lora_config(self, base: torch.nn.Module) -> LoraConfig:
@@ -102,7 +103,7 @@ class LabelHeadTrainer:
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         cut = self.cfg.max_prompt_tokens
-        return [self.tokenizer.encode(p, add_special_tokens=False)[-cut:] for p in prompts]
+        return [self.tokenizer.encode(self.prompt_format.render(p), add_special_tokens=False)[-cut:] for p in prompts]
 
     @torch.no_grad()
     def cache_inputs(self, prompts: Sequence[str], batch_size: int = 64) -> list[torch.Tensor]:

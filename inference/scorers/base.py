@@ -68,9 +68,12 @@ class Scorer(Protocol):
     def close(self) -> None: ...
 
 
-def label_token_ids(tokenizer, labels: Sequence[str] = DIRECTIONS) -> list[int]:
-    """The first token id of " " + label for each label; they must be distinct."""
-    ids = [tokenizer.encode(" " + label, add_special_tokens=False)[0] for label in labels]
+def label_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """The first token id of each label word (aligned with `schemas.DIRECTIONS`, e.g. " up", " down",
+    " flat": `inference.scorers.prompting` has each model's); they must be distinct."""
+    if len(words) != len(DIRECTIONS):
+        raise ValueError(f"label words {list(words)} do not match the labels {list(DIRECTIONS)}")
+    ids = [tokenizer.encode(word, add_special_tokens=False)[0] for word in words]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"labels {list(labels)} share first tokens {ids}")
+        raise ValueError(f"label words {list(words)} share first tokens {ids}")
     return ids

@@ -11,7 +11,8 @@ from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine, RequestOutput
 from inference.engine.sequence import RequestKind, RequestStatus
 from inference.checkpoints import model_fingerprint
-from inference.scorers.base import ScoreItem, ScoreResult, label_token_ids
+from inference.scorers.base import ScoreItem, ScoreResult
+from inference.scorers.prompting import PromptFormat
 
 log = logging.getLogger("finllm.engine")
 
@@ -33,7 +34,8 @@ class EngineScorer:
         self.model_name = f"{Path(model_dir).resolve().name}@{model_fingerprint(model_dir)}"   # as HFScorer
         self.engine = Engine(model_dir, config, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.label_token_ids = label_token_ids(self.tokenizer)
+        self.prompt_format = PromptFormat.for_model(self.tokenizer, model_dir)
+        self.label_token_ids = self.prompt_format.label_ids
         self._ids = itertools.count()
         self._unknown_adapters: set[str] = set()     # logged once each
         self.num_rejected = 0
@@ -83,7 +85,7 @@ class EngineScorer:
         return rid
 
     def _encode(self, prompt: str) -> list[int]:
-        token_ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        token_ids = self.tokenizer.encode(self.prompt_format.render(prompt), add_special_tokens=True)
         return token_ids or [self.tokenizer.eos_token_id or 0]
 
     def _drain(self, pending: set[str]) -> dict[str, RequestOutput]:

@@ -19,7 +19,8 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from inference.checkpoints import model_fingerprint
-from inference.scorers.base import ScoreItem, ScoreResult, label_token_ids
+from inference.scorers.base import ScoreItem, ScoreResult
+from inference.scorers.prompting import PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class HFScorer:
         self._model = self._load_model(model_dir, dtype)
         self._max_prompt_tokens = self._model.config.max_position_embeddings
         self._pad_id = _pad_token_id(self._tokenizer)
-        self._label_head = self._label_rows(label_token_ids(self._tokenizer))  # [L, H]
+        self._prompt_format = PromptFormat.for_model(self._tokenizer, model_dir)
+        self._label_head = self._label_rows(self._prompt_format.label_ids)  # [L, H]
         self._adapter_names: set[str] = set()
         self.model_name = f"{Path(model_dir).resolve().name}@{model_fingerprint(model_dir)}"
         for name, path in (adapters or {}).items():
@@ -176,7 +178,7 @@ class HFScorer:
             results[index] = ScoreResult(items[index].request_id, tuple(probs[row].tolist()))
 
     def _encode(self, item: ScoreItem) -> list[int]:
-        token_ids = self._tokenizer.encode(item.prompt, add_special_tokens=False)
+        token_ids = self._tokenizer.encode(self._prompt_format.render(item.prompt), add_special_tokens=False)
         if not token_ids:
             raise ValueError(f"request {item.request_id!r} has an empty prompt")
         if len(token_ids) > self._max_prompt_tokens:

