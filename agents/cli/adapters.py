@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import orjson
 
-from agents.cli.options import prefix_option, redis_option, resolve_redis
+from agents.cli.options import model_option, prefix_option, redis_option, resolve_redis
 from agents.lab import TASKS
 
 
@@ -23,7 +23,7 @@ def adapters() -> None:
 @adapters.command()
 @click.option("--tape", "tape_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the PEFT adapter + card.json.")
-@click.option("--base", "model", envvar="FINLLM_MODEL", help="Base model folder (default: the embedded tiny model).")
+@model_option("--base")
 @click.option("--task", type=click.Choice(TASKS), default="direction", show_default=True)
 @click.option("--rank", default=16, show_default=True)
 @click.option("--epochs", default=3, show_default=True)

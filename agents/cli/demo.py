@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 import orjson
 
-from agents.cli.options import bootstrap_option, redis_option
+from agents.cli.options import bootstrap_option, model_option, redis_option
 
 
 @click.command()
@@ -20,8 +20,7 @@ from agents.cli.options import bootstrap_option, redis_option
 @redis_option("Use this Redis instead of the embedded one.")
 @click.option("--engine", type=click.Choice(["paged", "hf"]), default="paged", show_default=True,
               help="paged: our multi-LoRA engine; hf: transformers + PEFT.")
-@click.option("--model", type=click.Path(exists=True, file_okay=False), envvar="FINLLM_MODEL",
-              help="Local Hugging Face checkpoint folder (default: the embedded tiny model).")
+@model_option()
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for forecasts.")
 @click.option("--inject-bad", default=0, show_default=True, help="Send this many malformed records first.")
 @click.option("--agents-workers", default=1, show_default=True, help="Agents worker processes (split by partition).")

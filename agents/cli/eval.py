@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 import orjson
 
+from agents.cli.options import model_option
 from agents.config import AgentsConfig
 
 
@@ -16,7 +17,7 @@ from agents.config import AgentsConfig
               help="Folder with routing.json and the adapters it names (default: the shipped adapters).")
 @click.option("--no-adapters", is_flag=True, help="Score with the bare base model.")
 @click.option("--engine", type=click.Choice(["hf", "paged"]), default="hf", show_default=True)
-@click.option("--model", envvar="FINLLM_MODEL", help="Base model folder (default: the embedded tiny model).")
+@model_option()
 @click.option("--test-fraction", default=0.3, show_default=True, help="Last share of the tape evaluated.")
 @click.option("--resamples", "--bootstrap", "n_boot", default=1000, show_default=True,
               help="Bootstrap resamples for the intervals (--bootstrap: the older name).")

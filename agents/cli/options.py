@@ -19,6 +19,13 @@ def prefix_option():
                         help="Key prefix (the deployment's topic prefix).")
 
 
+def model_option(flag: str = "--model"):
+    """The base model: a registered name (`finllm model list`) or a local Hugging Face folder."""
+    return click.option(flag, "model", envvar="FINLLM_MODEL",
+                        help="Base model: a name from `finllm model list` or a local Hugging Face folder "
+                             "(default: tiny, the embedded tiny model).")
+
+
 def kafka_settings(bootstrap: str | None) -> KafkaSettings:
     """The Kafka settings from --bootstrap and the environment; a usage error when they are incomplete."""
     try:

@@ -12,6 +12,7 @@ from inference.checkpoints.registry import (
     PromptSettings,
     ensure_named_model,
     model_spec,
+    model_status,
     prompt_settings,
     resolve_model_dir,
 )

@@ -67,14 +67,15 @@ def convert_gguf(gguf_path: Path, staging: Path, manifest_fields: dict) -> None:
     plain.load_state_dict(loaded.state_dict(), assign=True)
     plain.tie_weights()
     plain.eval().save_pretrained(staging)
-    _name_special_tokens(tokenizer, config)
+    _complete_tokenizer(tokenizer, config)
     tokenizer.save_pretrained(staging)
     write_manifest(staging, {**manifest_fields, "converter_version": CONVERTER_VERSION,
                              "source_file": name, "source_sha256": sha256_file(gguf_path),
                              "fingerprint": model_fingerprint(staging)})
 
 
-def _name_special_tokens(tokenizer, config) -> None:
-    """The GGUF tokenizer loads with eos = bos and no pad; the config's ids are the model's own."""
+def _complete_tokenizer(tokenizer, config) -> None:
+    """The GGUF tokenizer loads with eos = bos, no pad and no length; the config's are the model's own."""
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id or config.eos_token_id)
+    tokenizer.model_max_length = config.max_position_embeddings

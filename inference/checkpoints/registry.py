@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference.checkpoints.gguf import GgufSource, convert_gguf, locate_gguf
-from inference.checkpoints.store import ensure_written, has_manifest, read_manifest
+from inference.checkpoints.store import ensure_written, has_manifest, model_fingerprint, read_manifest
 from inference.checkpoints.tiny import DEFAULT_MODEL_NAME, default_model_dir, ensure_default_model
 from schemas import DIRECTIONS
 from streams.settings import cache_dir
@@ -112,3 +112,15 @@ def prompt_settings(model_dir: str | os.PathLike) -> PromptSettings:
         return PromptSettings()
     return PromptSettings.from_json(read_manifest(model_path).get("prompt", {}))
 
+
+
+def model_status(spec: ModelSpec) -> dict:
+    """What `finllm model list` shows of a registered model; reads no weights when the manifest names the
+    fingerprint (the converted models' manifests do; the tiny model's 3 MB are hashed)."""
+    path = spec.path
+    status = {"name": spec.name, "folder": str(path), "converted": has_manifest(path), "fingerprint": None,
+              "size_mb": None, "prompt": "chat" if spec.prompt.chat else "plain", "description": spec.description}
+    if status["converted"]:
+        status["fingerprint"] = read_manifest(path).get("fingerprint") or model_fingerprint(path)
+        status["size_mb"] = round(sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e6, 1)
+    return status

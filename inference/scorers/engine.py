@@ -76,7 +76,7 @@ class EngineScorer:
             return None
         rid = f"score-{next(self._ids)}"
         try:
-            self.engine.add_request(rid, self._encode(item.prompt), RequestKind.SCORE, adapter=item.adapter,
+            self.engine.add_request(rid, self.encode(item.prompt), RequestKind.SCORE, adapter=item.adapter,
                                     deadline_ns=item.deadline_ns, label_token_ids=self.label_token_ids)
         except ValueError as error:
             self.num_rejected += 1
@@ -84,7 +84,14 @@ class EngineScorer:
             return None
         return rid
 
-    def _encode(self, prompt: str) -> list[int]:
+    def next_token_logits(self, prompt: str, token_ids: Sequence[int]) -> list[float]:
+        """The base model's logits of `token_ids` as the token after `prompt` (prepared as `score` does)."""
+        rid = f"logits-{next(self._ids)}"
+        self.engine.add_request(rid, self.encode(prompt), RequestKind.SCORE, label_token_ids=tuple(token_ids))
+        return list(self._drain({rid})[rid].label_logits)
+
+    def encode(self, prompt: str) -> list[int]:
+        """`prompt` as the model reads it: in its prompt format, tokenized."""
         token_ids = self.tokenizer.encode(self.prompt_format.render(prompt), add_special_tokens=True)
         return token_ids or [self.tokenizer.eos_token_id or 0]
 
