@@ -79,3 +79,4 @@ def _complete_tokenizer(tokenizer, config) -> None:
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id or config.eos_token_id)
     tokenizer.model_max_length = config.max_position_embeddings
+    tokenizer.clean_up_tokenization_spaces = False   # a WordPiece clean-up, wrong for this byte-level BPE

@@ -35,4 +35,5 @@ class PromptFormat:
         messages = [{"role": "user", "content": prompt}]
         if self.settings.system is not None:
             messages.insert(0, {"role": "system", "content": self.settings.system})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        chat = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat + self.settings.answer_prefix

@@ -1,0 +1,48 @@
+"""Prompt formats: the tiny model's prompts go in as they are (its forecasts must not move); settings
+travel in the manifest; a folder without one gets plain prompts."""
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from inference.checkpoints import MODELS, PromptSettings, prompt_settings, resolve_model_dir
+from inference.checkpoints.store import write_manifest
+from inference.scorers.base import label_token_ids
+from inference.scorers.prompting import PromptFormat
+
+PROMPT = "Forecast for ACME.\nNews:\n- none\nDirection over the next 60s (up, down or flat):"
+
+
+def test_plain_prompts_are_left_as_they_are(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    prompt_format = PromptFormat.for_model(tokenizer, tiny_model_dir)
+    assert prompt_format.settings == PromptSettings() == MODELS["tiny"].prompt
+    assert prompt_format.render(PROMPT) == PROMPT
+    assert prompt_format.label_ids == [tokenizer.encode(w, add_special_tokens=False)[0] for w in (" up", " down", " flat")]
+
+
+def test_settings_travel_in_the_manifest(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    settings = PromptSettings(chat=True, system="Be brief.", label_words=("A", "B", "C"), answer_prefix="X:")
+    write_manifest(tmp_path, {"prompt": settings.to_json()})
+    assert prompt_settings(tmp_path) == settings
+    assert prompt_settings(tmp_path / "elsewhere") == PromptSettings()
+
+
+def test_a_chat_format_wraps_the_prompt_in_the_template(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    chat = PromptFormat(tokenizer, PromptSettings(chat=True, answer_prefix="Direction:"))
+    assert chat.render(PROMPT) == f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\nDirection:"
+
+
+def test_label_words_must_match_the_labels_and_differ(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    with pytest.raises(ValueError, match="do not match"):
+        label_token_ids(tokenizer, (" up", " down"))
+    with pytest.raises(ValueError, match="share first tokens"):
+        label_token_ids(tokenizer, (" up", " up", " flat"))
+
+
+def test_the_tiny_name_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINLLM_CACHE_DIR", str(tmp_path))
+    assert resolve_model_dir("tiny") == resolve_model_dir(None) == tmp_path / "models" / MODELS["tiny"].folder
