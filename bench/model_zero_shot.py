@@ -55,10 +55,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", help="the engine's dtype for the zero-shot scores")
     parser.add_argument("--fresh", action="store_true", help="convert into a temporary cache, timed")
     args = parser.parse_args()
     if args.fresh:
         os.environ["FINLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="finllm-zero-shot-")
+
+    import torch
 
     from inference.checkpoints import ensure_named_model, model_fingerprint
     from inference.scorers.base import ScoreItem
@@ -72,9 +75,13 @@ def main() -> None:
     print(f"model {args.model}: {model_dir} ({size_mb:.1f} MB), ready in {convert_s:.1f} s")
 
     examples = sample_examples(args.prompts)
-    scorer = build_scorer("paged", model_dir, device="cpu", dtype="float32")
+    scorer = build_scorer("paged", model_dir, device="cpu", dtype=args.dtype)
+    started = time.perf_counter()
     results = scorer.score([ScoreItem(str(i), e.request.prompt) for i, e in enumerate(examples)])
+    score_s = time.perf_counter() - started
     scorer.close()
+    print(f"engine ({args.dtype}, CPU, {torch.get_num_threads()} threads): {len(examples)} prompts scored "
+          f"in {score_s:.2f} s, cold prefix cache")
     masses = label_mass(model_dir, [e.request.prompt for e in examples])
     rows = []
     for example, result, mass in zip(examples, results, masses):
@@ -87,6 +94,7 @@ def main() -> None:
     print(f"engine vs transformers (float32): max |diff| {parity.max_abs_diff:.3g} over {parity.compared_logits} logits")
     print(json.dumps({"model": args.model, "fingerprint": model_fingerprint(model_dir), "ready_s": round(convert_s, 1),
                       "fresh": args.fresh, "size_mb": round(size_mb, 1), "prompts": rows,
+                      "score_s": round(score_s, 3), "dtype": args.dtype,
                       "engine_vs_transformers_max_abs_diff": parity.max_abs_diff}))
 
 
