@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")   # names of torch dtypes (the engine takes torch.<name>)
+AUTO_DTYPE = "auto"                                     # the processor's choice, resolved by the Engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,9 @@ class EngineConfig:
     max_lora_rank: int = 64
     starvation_timeout_s: float = 5.0
     enable_prefix_caching: bool = True
-    dtype: str = "float32"   # float64: batch-composition effects far below the published precision (CPU replay)
+    # "auto": by processor (inference.engine.cpu.default_dtype: bfloat16 on CUDA and on CPUs with native bf16,
+    # else float32); float64: batch-composition effects far below the published precision (CPU replay)
+    dtype: str = "float32"
     cuda_graph_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)   # () turns decode graphs off
 
     def __post_init__(self) -> None:
@@ -37,8 +40,8 @@ class EngineConfig:
             raise ValueError("EngineConfig.starvation_timeout_s must be > 0")
         if any(n < 1 for n in self.cuda_graph_sizes):
             raise ValueError(f"EngineConfig.cuda_graph_sizes must be >= 1, got {self.cuda_graph_sizes}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"EngineConfig.dtype must be one of {DTYPES}, got {self.dtype}")
+        if self.dtype not in DTYPES + (AUTO_DTYPE,):
+            raise ValueError(f"EngineConfig.dtype must be one of {DTYPES + (AUTO_DTYPE,)}, got {self.dtype}")
 
     @property
     def max_cached_tokens(self) -> int:

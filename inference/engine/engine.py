@@ -9,7 +9,8 @@ from typing import Callable, Iterable
 import torch
 
 from inference.engine.adapters import AdapterRegistry, AdapterSlots
-from inference.engine.config import EngineConfig
+from inference.engine.config import AUTO_DTYPE, EngineConfig
+from inference.engine.cpu import default_dtype
 from inference.engine.lora import LoraAdapter, load_peft_adapter
 from inference.engine.model import Transformer
 from inference.engine.model_runner import ModelRunner
@@ -37,7 +38,8 @@ class Engine:
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.config = config or EngineConfig()
         self.clock_ns = clock_ns
-        self.model = Transformer.from_dir(model_dir, getattr(torch, self.config.dtype), torch.device(device))
+        dtype = default_dtype(device) if self.config.dtype == AUTO_DTYPE else self.config.dtype
+        self.model = Transformer.from_dir(model_dir, getattr(torch, dtype), torch.device(device))
         self.runner = ModelRunner(self.model, self.config)
         self.scheduler = Scheduler(self.config)
         self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()

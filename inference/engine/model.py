@@ -3,7 +3,7 @@
 Every step runs all scheduled tokens of all requests as one flat batch `[T]`; attention
 writes the step's K/V into the cache slots of each token and reads each request's
 context back through its block table (`inference.kernels.paged_attention`: Triton on CUDA,
-`inference.kernels.reference.paged_attention_ref` elsewhere).
+`inference.kernels.cpu_attention.paged_attention_sdpa` elsewhere).
 """
 from __future__ import annotations
 
@@ -80,9 +80,9 @@ class AttentionMetadata:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    wide = x if x.dtype == torch.float64 else x.float()    # half precision is normalised in float32
-    wide = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * wide.to(x.dtype)
+    """Half precision is normalised in float32 (fused `F.rms_norm`), then scaled in its own dtype, as HF does."""
+    wide = x if x.dtype == torch.float64 else x.float()
+    return weight * F.rms_norm(wide, weight.shape, None, eps).to(x.dtype)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -94,10 +94,11 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, H, D]."""
+    """x: [T, H, D] -> a new tensor (rotate-half layout)."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    rotated = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    rotated[..., :half].neg_()
+    return (x * cos).add_(rotated.mul_(sin))     # the roundings of HF's x * cos + rotate_half(x) * sin
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +172,9 @@ class Transformer:
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
             h = rms_norm(x, layer.input_norm, c.rms_norm_eps)
-            x = x + self._attention(i, layer, h, cos, sin, attn, kv_cache[i], lora)
+            x.add_(self._attention(i, layer, h, cos, sin, attn, kv_cache[i], lora))   # x is this step's own
             h = rms_norm(x, layer.post_norm, c.rms_norm_eps)
-            x = x + self._mlp(i, layer, h, lora)
+            x.add_(self._mlp(i, layer, h, lora))
         return rms_norm(x, self.final_norm, c.rms_norm_eps)
 
     def _attention(self, i: int, layer: LayerWeights, h: torch.Tensor, cos, sin,
@@ -185,8 +186,8 @@ class Transformer:
             lora.apply(qkv[:, :q_dim], h, i, "q_proj")
             lora.apply(qkv[:, q_dim:q_dim + kv_dim], h, i, "k_proj")
             lora.apply(qkv[:, q_dim + kv_dim:], h, i, "v_proj")
-        q = apply_rope(qkv[:, :q_dim].view(-1, c.num_heads, c.head_dim), cos, sin)          # [T, Hq, D]
-        k = apply_rope(qkv[:, q_dim:q_dim + kv_dim].view(-1, c.num_kv_heads, c.head_dim), cos, sin)
+        qk = apply_rope(qkv[:, :q_dim + kv_dim].view(-1, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin)
+        q, k = qk[:, :c.num_heads], qk[:, c.num_heads:]                                      # [T, Hq|Hkv, D]
         v = qkv[:, q_dim + kv_dim:].view(-1, c.num_kv_heads, c.head_dim)                     # [T, Hkv, D]
         k_cache, v_cache = kv_cache[0], kv_cache[1]                              # [NB, BS, Hkv, D]
         k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, k)
@@ -204,7 +205,7 @@ class Transformer:
         if lora is not None:
             lora.apply(gate_up[:, :inter], h, i, "gate_proj")
             lora.apply(gate_up[:, inter:], h, i, "up_proj")
-        act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]                    # [T, I]
+        act = F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])                # [T, I]
         y = F.linear(act, layer.down, layer.down_bias)
         if lora is not None:
             lora.apply(y, act, i, "down_proj")

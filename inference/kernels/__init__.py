@@ -1,6 +1,7 @@
 """Kernel dispatch for the engine: Triton kernels on CUDA tensors, the torch references elsewhere.
 
-`sgmv` and `paged_attention` take exactly the arguments of `sgmv_ref` and `paged_attention_ref`.
+`sgmv` and `paged_attention` take exactly the arguments of `sgmv_ref` and `paged_attention_ref`; off CUDA,
+attention runs `paged_attention_sdpa` (grouped fused SDPA calls, checked against the reference).
 Setting FINLLM_FORCE_TRITON=1 runs the Triton kernels on CPU tensors too (with TRITON_INTERPRET=1
 set before the kernels are first imported), which is how the parity tests reach them without a GPU.
 The references live in `inference.kernels.reference`; the Triton kernels are imported on first call.
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from inference.kernels.reference import LoraSegment, paged_attention_ref, sgmv_ref
+from inference.kernels.cpu_attention import paged_attention_sdpa
+from inference.kernels.reference import LoraSegment, sgmv_ref
 
 if TYPE_CHECKING:
     from inference.kernels.sgmv import SegmentTable
@@ -76,10 +78,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     device_lens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """q: [T, Hq, D], caches: [num_blocks, block_size, Hkv, D] -> [T, Hq, D] (causal, paged, GQA).
 
-    `device_lens` (from `step_lens`) is only for the Triton path; the reference uses the lists.
+    `device_lens` (from `step_lens`) is only for the Triton path; the torch path uses the lists.
     """
     if use_triton(q):
         from inference.kernels.paged_attention import paged_attention_triton
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
                                       device_lens)
-    return paged_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)
+    return paged_attention_sdpa(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale)

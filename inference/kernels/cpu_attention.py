@@ -1,0 +1,86 @@
+"""Paged attention for the torch path (CPU): few fused `scaled_dot_product_attention` calls per layer.
+
+Same arguments and result as `paged_attention_ref`, which stays the plain definition. Requests are
+grouped so each group is one 4-D SDPA call (the shape torch's fused CPU kernel takes):
+
+* decodes (one new query each) all go together; their contexts are gathered to the longest one and
+  the rest masked, so a step of decodes costs one call per layer whatever their lengths;
+* prefill chunks with the same (new tokens, context length) go together, with `is_causal` when the
+  chunk is the whole context and a bottom-right causal mask when it follows a cached prefix.
+
+Each group's K/V is gathered from the paged cache once per call. GQA: prefill passes `enable_gqa`; decode
+folds each kv head's query heads into its query rows (one query per request needs no causal mask), which
+torch's CPU kernel runs several times faster in bfloat16 than `enable_gqa` with one query row.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def paged_attention_sdpa(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         block_tables: torch.Tensor, seq_lens: list[int],
+                         query_start_loc: list[int], scale: float) -> torch.Tensor:
+    """q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D] -> [T, Hq, D]."""
+    out = torch.empty_like(q)
+    for members, n, ctx in _groups(seq_lens, query_start_loc):
+        rows = _rows([query_start_loc[b] for b in members], n, q.device)
+        keys, values = _gather(k_cache, block_tables, members, ctx), _gather(v_cache, block_tables, members, ctx)
+        mask, causal = _mask(seq_lens, members, n, ctx, q.device)
+        if n == 1:   # each kv head's query heads become its query rows: no causality to keep, no GQA expansion
+            queries = q[rows].unflatten(1, (keys.shape[1], -1))                            # [G, Hkv, Hq/Hkv, D]
+            o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+            out[rows] = o.flatten(1, 2)
+        else:
+            queries = q[rows].unflatten(0, (len(members), n)).transpose(1, 2)               # [G, Hq, n, D]
+            o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, is_causal=causal,
+                                               scale=scale, enable_gqa=keys.shape[1] != q.shape[1])
+            out[rows] = o.transpose(1, 2).flatten(0, 1)
+    return out
+
+
+def _groups(seq_lens: list[int], query_start_loc: list[int]) -> list[tuple[list[int], int, int]]:
+    """(request indices, new tokens each, context length to gather) per SDPA call."""
+    decodes: list[int] = []
+    prefills: dict[tuple[int, int], list[int]] = {}
+    for b, seq_len in enumerate(seq_lens):
+        n = query_start_loc[b + 1] - query_start_loc[b]
+        if n == 1:
+            decodes.append(b)
+        elif n > 1:
+            prefills.setdefault((n, seq_len), []).append(b)
+    groups = [(members, n, ctx) for (n, ctx), members in prefills.items()]
+    if decodes:
+        groups.append((decodes, 1, max(seq_lens[b] for b in decodes)))
+    return groups
+
+
+def _rows(starts: list[int], n: int, device: torch.device) -> torch.Tensor | slice:
+    """The flat-batch rows of the group's queries: a slice when they are back to back."""
+    if all(s == starts[0] + i * n for i, s in enumerate(starts)):
+        return slice(starts[0], starts[0] + len(starts) * n)
+    return (torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)).flatten()
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor, members: list[int], ctx: int) -> torch.Tensor:
+    """[G, Hkv, ctx, D]: the first `ctx` cached positions of each member (past a request's end: padding)."""
+    block_size = cache.shape[1]
+    width = -(-ctx // block_size)
+    index = torch.tensor(members, device=block_tables.device)
+    blocks = block_tables[index, :width]                                           # [G, nb]
+    return cache[blocks].flatten(1, 2)[:, :ctx].transpose(1, 2)
+
+
+def _mask(seq_lens: list[int], members: list[int], n: int, ctx: int,
+          device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """(attn_mask, is_causal) for SDPA: keys past each request's length, and causality within the chunk."""
+    if n == 1:
+        lens = [seq_lens[b] for b in members]
+        if min(lens) == ctx:
+            return None, False
+        valid = torch.arange(ctx, device=device)[None, :] < torch.tensor(lens, device=device)[:, None]
+        return valid[:, None, None, :], False                                      # [G, 1, 1, ctx]
+    if n == ctx:
+        return None, True
+    rows = torch.arange(n, device=device)[:, None] + (ctx - n)
+    return torch.arange(ctx, device=device)[None, :] <= rows, False                # [n, ctx]

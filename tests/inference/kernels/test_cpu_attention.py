@@ -1,0 +1,33 @@
+"""Parity of `paged_attention_sdpa` (the torch path the engine takes off CUDA) with `paged_attention_ref`:
+decode, prefill, prefill over a cached prefix, batches mixing them and batches of equal shapes that
+share one SDPA call; across dtypes, block sizes, GQA ratios and ragged lengths."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from inference.kernels.cpu_attention import paged_attention_sdpa
+from tests.inference.kernels.conftest import TOLERANCES
+from tests.inference.kernels.paged_cases import (
+    BATCHES, assert_matches_reference, outputs_before_and_after_overwriting_unread_blocks)
+
+CASES = BATCHES | {
+    "equal_prefills": [(23, 23), (23, 23), (23, 23)],
+    "equal_prefixes": [(40, 17), (33, 1), (40, 17), (40, 17), (33, 1)],   # a group not back to back
+    "equal_decodes": [(37, 1), (37, 1), (37, 1)],
+}
+ALL_DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float64, *TOLERANCES)]
+
+
+@pytest.mark.parametrize("mode, group, block_size", itertools.product(CASES, (1, 3, 4), (8, 16)))
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_sdpa_paged_attention_matches_reference(dtype, block_size, group, mode):
+    assert_matches_reference(paged_attention_sdpa, dtype, block_size, group, CASES[mode])
+
+
+def test_sdpa_paged_attention_ignores_blocks_outside_live_contexts():
+    """Overwriting every block no request reads (padding included) must not change the output."""
+    before, after = outputs_before_and_after_overwriting_unread_blocks(paged_attention_sdpa, BATCHES["mixed"])
+    torch.testing.assert_close(before, after, atol=1e-6, rtol=0)
