@@ -34,3 +34,11 @@ from inference.checkpoints.tiny import (
     ensure_model,
     train_tokenizer,
 )
+
+__all__ = [
+    "DEFAULT_MODEL", "DEFAULT_MODEL_SEED", "MANIFEST_NAME", "MODELS", "RECIPE_VERSION", "SINGLE_TOKEN_WORDS",
+    "WEIGHTS_NAME", "MissingModelPackage", "ModelBuildError", "ModelSpec", "PromptSettings", "build_model",
+    "convert_gguf", "default_corpus", "default_model_dir", "ensure_model", "ensure_named_model", "model_fingerprint",
+    "model_spec", "model_status", "prompt_settings", "read_manifest", "resolve_model_dir", "train_tokenizer",
+    "verify_model",
+]
