@@ -73,6 +73,28 @@ def build_defaults(out: Path | None, threads: int) -> None:
 # ------------------------------------------------------------------ registry
 
 
+@adapters.command()
+@click.argument("name")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the merged checkpoint.")
+@model_option("--base")
+def merge(name: str, out: Path, model: str | None) -> None:
+    """Merge adapter NAME (a shipped adapter's name or a PEFT folder) into its base model: a plain Hugging Face
+    checkpoint that transformers and the engine load with no adapter."""
+    from inference.adapters.merge import MergeError, merge_adapter
+    from inference.adapters.shipped import load_routing
+    from inference.checkpoints import resolve_model_dir
+
+    shipped = load_routing().adapters
+    if not Path(name).is_dir() and name not in shipped:
+        raise click.BadParameter(f"neither a folder nor a shipped adapter ({', '.join(sorted(shipped))})",
+                                 param_hint="NAME")
+    try:
+        merged = merge_adapter(resolve_model_dir(model), name if Path(name).is_dir() else shipped[name], out)
+    except MergeError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(str(merged))
+
+
 @adapters.command(name="list")
 @redis_option()
 @prefix_option()
