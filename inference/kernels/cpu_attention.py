@@ -8,7 +8,8 @@ grouped so each group is one 4-D SDPA call (the shape torch's fused CPU kernel t
 * prefill chunks with the same (new tokens, context length) go together, with `is_causal` when the
   chunk is the whole context and a bottom-right causal mask when it follows a cached prefix.
 
-Each group's K/V is gathered from the paged cache once per call. GQA: prefill passes `enable_gqa`; decode
+A group whose context is all this step's tokens (no cached prefix) reads the step's own K/V, `k` and `v`
+when given, as a view of the flat batch; the others gather their K/V from the paged cache once per call. GQA: prefill passes `enable_gqa`; decode
 folds each kv head's query heads into its query rows (one query per request needs no causal mask), which
 torch's CPU kernel runs several times faster in bfloat16 than `enable_gqa` with one query row.
 """
@@ -20,12 +21,19 @@ import torch.nn.functional as F
 
 def paged_attention_sdpa(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          block_tables: torch.Tensor, seq_lens: list[int],
-                         query_start_loc: list[int], scale: float) -> torch.Tensor:
-    """q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D] -> [T, Hq, D]."""
+                         query_start_loc: list[int], scale: float,
+                         k: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D] -> [T, Hq, D].
+
+    k, v: [T, Hkv, D], the step's own keys and values (already written to the cache), or None.
+    """
     out = torch.empty_like(q)
     for members, n, ctx in _groups(seq_lens, query_start_loc):
         rows = _rows([query_start_loc[b] for b in members], n, q.device)
-        keys, values = _gather(k_cache, block_tables, members, ctx), _gather(v_cache, block_tables, members, ctx)
+        if n == ctx and k is not None:   # no cached prefix: this step's K/V are the whole context
+            keys, values = (_step_view(t, rows, len(members), n) for t in (k, v))
+        else:
+            keys, values = (_gather(c, block_tables, members, ctx) for c in (k_cache, v_cache))
         mask, causal = _mask(seq_lens, members, n, ctx, q.device)
         if n == 1:   # each kv head's query heads become its query rows: no causality to keep, no GQA expansion
             queries = q[rows].unflatten(1, (keys.shape[1], -1))                            # [G, Hkv, Hq/Hkv, D]
@@ -60,6 +68,11 @@ def _rows(starts: list[int], n: int, device: torch.device) -> torch.Tensor | sli
     if all(s == starts[0] + i * n for i, s in enumerate(starts)):
         return slice(starts[0], starts[0] + len(starts) * n)
     return (torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)).flatten()
+
+
+def _step_view(t: torch.Tensor, rows: torch.Tensor | slice, num: int, n: int) -> torch.Tensor:
+    """[G, Hkv, n, D]: the group's rows of a flat [T, Hkv, D] tensor (a view when the rows are a slice)."""
+    return t[rows].unflatten(0, (num, n)).transpose(1, 2)
 
 
 def _gather(cache: torch.Tensor, block_tables: torch.Tensor, members: list[int], ctx: int) -> torch.Tensor:
