@@ -1,6 +1,6 @@
 """Parity of `paged_attention_sdpa` (the torch path the engine takes off CUDA) with `paged_attention_ref`:
 decode, prefill, prefill over a cached prefix, batches mixing them and batches of equal shapes that
-share one SDPA call; across dtypes, block sizes, GQA ratios and ragged lengths."""
+share one SDPA call, long chunks run in query pieces; across dtypes, block sizes, GQA ratios and ragged lengths."""
 from __future__ import annotations
 
 import itertools
@@ -17,6 +17,7 @@ CASES = BATCHES | {
     "equal_prefills": [(23, 23), (23, 23), (23, 23)],
     "equal_prefixes": [(40, 17), (33, 1), (40, 17), (40, 17), (33, 1)],   # a group not back to back
     "equal_decodes": [(37, 1), (37, 1), (37, 1)],
+    "long_prefills": [(300, 300), (200, 150)],   # chunks cut into query pieces, with and without a prefix
 }
 ALL_DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float64, *TOLERANCES)]
 
