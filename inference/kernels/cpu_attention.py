@@ -9,7 +9,7 @@ grouped so each group is one 4-D SDPA call (the shape torch's fused CPU kernel t
   chunk is the whole context and a bottom-right causal mask when it follows a cached prefix. A long
   chunk's queries are cut into up to `MAX_PIECES` pieces, each attending only the keys up to its last
   query: torch's CPU kernel skips no work below a key block of 512, so a 350-token prompt in one call
-  computes its whole 350 x 350 score square; in three pieces it computes two thirds of it.
+  computes its whole 350 x 350 score square; in six pieces it computes under 60% of it.
 
 A group whose context is all this step's tokens (no cached prefix) reads the step's own K/V, `k` and `v`
 when given, as a view of the flat batch; the others gather their K/V from the paged cache once per call.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-PIECE_ROWS, MAX_PIECES = 128, 4    # a prefill chunk of n queries runs as min(ceil(n / 128), 4) pieces
+PIECE_ROWS, MAX_PIECES = 64, 6    # a prefill chunk of n queries runs as min(ceil(n / 64), 6) pieces
 
 
 def paged_attention_sdpa(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
