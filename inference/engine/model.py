@@ -193,7 +193,7 @@ class Transformer:
         k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, k)
         v_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, v)
         out = paged_attention(q, k_cache, v_cache, attn.block_tables, attn.seq_lens,
-                              attn.query_start_loc, c.head_dim ** -0.5, attn.device_lens).flatten(1)   # [T, q]
+                              attn.query_start_loc, c.head_dim ** -0.5, attn.device_lens, k, v).flatten(1)   # [T, q]
         y = F.linear(out, layer.o, layer.o_bias)
         if lora is not None:
             lora.apply(y, out, i, "o_proj")
