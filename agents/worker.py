@@ -16,8 +16,9 @@ def main() -> None:
     kafka = KafkaSettings.from_env()
     web_port = int(os.environ.get("FINLLM_AGENTS_WEB_PORT") or free_port())
     app_id = os.environ.get("FINLLM_AGENTS_APP_ID", "finllm-agents")
-    app = create_app(kafka, AgentsConfig.from_env(), web_port=web_port, app_id=app_id,
-                     datadir=work_dir("agents") / f"{app_id}-data",
+    datadir = work_dir("agents") / f"{app_id}-data"
+    datadir.parent.mkdir(parents=True, exist_ok=True)   # Faust makes the last level only
+    app = create_app(kafka, AgentsConfig.from_env(), web_port=web_port, app_id=app_id, datadir=datadir,
                      redis_url=os.environ.get("FINLLM_REDIS_URL") or None)
     level = os.environ.get("FINLLM_LOG_LEVEL", "INFO")
     logging.getLogger("faust").setLevel(level)

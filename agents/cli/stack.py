@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -14,24 +15,39 @@ from streams.topics import DEFAULT_PARTITIONS, Topics
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".finllm"), show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path),
+              help="Where the broker and Redis keep their logs (default: <cache>/work/stack).")
 @click.option("--partitions", default=DEFAULT_PARTITIONS, show_default=True)
-def up(workdir: Path, partitions: int) -> None:
-    """Start the embedded broker and Redis, create the topics, and keep them running until Ctrl-C."""
+@click.option("--adapters/--no-adapters", default=True, show_default=True,
+              help="Also print the shipped adapters' settings, so hand-started workers serve them as the demo does.")
+def up(workdir: Path | None, partitions: int, adapters: bool) -> None:
+    """Start the embedded broker and Redis, create the topics, print the settings to export (one KEY=VALUE a
+    line), and keep them running until Ctrl-C."""
     from streams.admin import ensure_topics
     from streams.embedded import EmbeddedStack
+    from streams.settings import work_dir
 
+    workdir = workdir or work_dir("stack")
     workdir.mkdir(parents=True, exist_ok=True)
     with EmbeddedStack.start(workdir) as stack:
         asyncio.run(ensure_topics(stack.bootstrap, Topics(partitions=partitions).all()))
-        click.echo(f"FINLLM_KAFKA_BOOTSTRAP={stack.bootstrap}")
-        click.echo(f"FINLLM_REDIS_URL={stack.redis_url}")
+        settings = {"FINLLM_KAFKA_BOOTSTRAP": stack.bootstrap, "FINLLM_REDIS_URL": stack.redis_url}
+        for key, value in (settings | (_shipped_adapters_env() if adapters else {})).items():
+            click.echo(f"{key}={shlex.quote(value)}")
         click.echo("Running; Ctrl-C stops both.", err=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             click.echo("stopping", err=True)
+
+
+def _shipped_adapters_env() -> dict[str, str]:
+    """What the demo gives its workers: the adapters to load and each symbol's route (trained for the default
+    model: leave them out with --no-adapters when the workers serve another)."""
+    from inference.adapters.shipped import load_routing
+
+    return load_routing().env()
 
 
 @click.command(name="replay")
