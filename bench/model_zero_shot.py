@@ -45,7 +45,7 @@ def label_mass(model_dir: Path, prompts: list[str]) -> list[float]:
     shares = []
     with torch.inference_mode():
         for prompt in prompts:
-            ids = tokenizer.encode(prompt_format.render(prompt), add_special_tokens=False)
+            ids = prompt_format.encode(prompt)
             probs = model(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)
             shares.append(round(float(probs[prompt_format.label_ids].sum()), 4))
     return shares

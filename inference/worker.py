@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-from inference.fusion import FusionPolicy, fuse
 from inference.adapters.watch import start_registry_watch
+from inference.fusion import FusionPolicy, fuse
+from inference.metrics import InferenceMetrics
 from inference.scorers.base import ScoreItem, ScoreResult, Scorer
 from inference.scorers.factory import build_scorer
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
 from streams.health import mark_ready
 from streams.latest import LatestStore
-from inference.metrics import InferenceMetrics
 from streams.metrics import run_observability
 from streams.producer import DeadLetters, make_producer
 from streams.settings import KafkaSettings, env_flag

@@ -103,7 +103,7 @@ class LabelHeadTrainer:
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         cut = self.cfg.max_prompt_tokens
-        return [self.tokenizer.encode(self.prompt_format.render(p), add_special_tokens=False)[-cut:] for p in prompts]
+        return [self.prompt_format.encode(p)[-cut:] for p in prompts]
 
     @torch.no_grad()
     def cache_inputs(self, prompts: Sequence[str], batch_size: int = 64) -> list[torch.Tensor]:

@@ -13,8 +13,9 @@ grouped so each group is one 4-D SDPA call (the shape torch's fused CPU kernel t
 
 A group whose context is all this step's tokens (no cached prefix) reads the step's own K/V, `k` and `v`
 when given, as a view of the flat batch; the others gather their K/V from the paged cache once per call.
-GQA: prefill passes `enable_gqa`; decode folds each kv head's query heads into its query rows (one query per request needs no causal mask), which
-torch's CPU kernel runs several times faster in bfloat16 than `enable_gqa` with one query row.
+GQA: prefill passes `enable_gqa`; decode folds each kv head's query heads into its query rows (one query
+per request needs no causal mask), which torch's CPU kernel runs several times faster in bfloat16 than
+`enable_gqa` with one query row.
 """
 from __future__ import annotations
 

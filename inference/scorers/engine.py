@@ -92,7 +92,7 @@ class EngineScorer:
 
     def encode(self, prompt: str) -> list[int]:
         """`prompt` as the model reads it: in its prompt format, tokenized."""
-        token_ids = self.tokenizer.encode(self.prompt_format.render(prompt), add_special_tokens=True)
+        token_ids = self.prompt_format.encode(prompt)
         return token_ids or [self.tokenizer.eos_token_id or 0]
 
     def _drain(self, pending: set[str]) -> dict[str, RequestOutput]:

@@ -178,7 +178,7 @@ class HFScorer:
             results[index] = ScoreResult(items[index].request_id, tuple(probs[row].tolist()))
 
     def _encode(self, item: ScoreItem) -> list[int]:
-        token_ids = self._tokenizer.encode(self._prompt_format.render(item.prompt), add_special_tokens=False)
+        token_ids = self._prompt_format.encode(item.prompt)
         if not token_ids:
             raise ValueError(f"request {item.request_id!r} has an empty prompt")
         if len(token_ids) > self._max_prompt_tokens:

@@ -28,6 +28,11 @@ class PromptFormat:
     def for_model(cls, tokenizer, model_dir: str | os.PathLike) -> "PromptFormat":
         return cls(tokenizer, prompt_settings(model_dir))
 
+    def encode(self, prompt: str) -> list[int]:
+        """`prompt` as the model reads it: rendered, then tokenized. The same for training and for every
+        scorer; the tokenizer adds no special tokens of its own (a chat template writes its own)."""
+        return self.tokenizer.encode(self.render(prompt), add_special_tokens=False)
+
     def render(self, prompt: str) -> str:
         """The text to encode: `prompt` itself (plain) or the chat up to the assistant's first token."""
         if not self.settings.chat:
