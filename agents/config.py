@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 
 from schemas.units import NS_PER_S
-from streams.settings import env_flag
+from streams.settings import ROUTING_FILE_ENV, env_flag, read_routing_file
 
 
 
@@ -53,9 +53,14 @@ class AgentsConfig:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AgentsConfig:
-        """FINLLM_CADENCE_S, FINLLM_HORIZON_S, FINLLM_FLAT_BPS, FINLLM_DEADLINE_MS, FINLLM_ADAPTERS=SYM:name,..."""
+        """FINLLM_CADENCE_S, FINLLM_HORIZON_S, FINLLM_FLAT_BPS, FINLLM_DEADLINE_MS, ...; the routes of
+        FINLLM_ROUTING_FILE (an adapter set's routing.json), then FINLLM_ADAPTERS=SYM:name,... and
+        FINLLM_DEFAULT_ADAPTER over them."""
         env = os.environ if env is None else env
         kw: dict = {}
+        if env.get(ROUTING_FILE_ENV):
+            routing = read_routing_file(env[ROUTING_FILE_ENV])
+            kw["adapters"], kw["default_adapter"] = dict(routing["routes"]), routing.get("default")
         for var, name, cast in (("FINLLM_CADENCE_S", "cadence_s", int), ("FINLLM_HORIZON_S", "horizon_s", int),
                                 ("FINLLM_FLAT_BPS", "flat_bps", float), ("FINLLM_DEADLINE_MS", "deadline_ms", int),
                                 ("FINLLM_DEFAULT_ADAPTER", "default_adapter", str),

@@ -1,6 +1,6 @@
 """Agents benchmark: ticks/s through decoding, features and alignment, and trigger-to-forecast latency.
 
-    python bench/agents.py [--quick]
+    python bench/agents.py [--quick] [--model NAME_OR_FOLDER]
 
 1. `pure`: the agents' per-tick work in one process, no Kafka: decode tick bundles (validation),
    apply each tick to its symbol's window and trigger clock (`agents.processor.Processor`).
@@ -9,8 +9,8 @@
    being ready until the last trigger's inference request is out (warm-up requests are not counted;
    the last trigger also waits for the tape's final news watermark, so this is a lower bound).
 3. `buffering`: trigger-to-forecast latency over the whole pipeline (3 symbols x 8 minutes, 20x real
-   time), served by our paged engine with a model big enough for prefill to matter on a CPU (random weights:
-   speed depends only on shapes), in three configurations of the same code:
+   time), served by our paged engine with the product's default model (SmolLM2-135M-Instruct, its shipped
+   adapters, the engine's default dtype for this processor), in three configurations of the same code:
    - `buffered`: warm-ups on (FINLLM_WARMUP=1) and the engine's prefix cache on;
    - `cache_only`: no warm-ups, prefix cache on (a trigger reuses what earlier prompts of the symbol left);
    - `unbuffered`: neither (FINLLM_PREFIX_CACHING=0): every prompt is prefilled whole at its trigger,
@@ -117,31 +117,26 @@ def _forecast_id(value: bytes) -> str | None:
     return None if request.get("kind") == "warmup" else request["id"]
 
 
-LATENCY_MODEL = dict(hidden_size=768, num_layers=8, num_heads=12, num_kv_heads=4, intermediate_size=2048)
-LATENCY_DTYPE = "float32"   # the CPU default (float64, for byte-identical replays) doubles every engine step
-                            # and overloads a 2-core box at 20x: queueing would decide, not prefill
-
-
-def bench_buffering(workdir: Path, quick: bool) -> dict:
+def bench_buffering(workdir: Path, quick: bool, model: str | None) -> dict:
     from agents.lab.demo import DemoOptions, run_demo
-    from inference.checkpoints import build_model, default_corpus
+    from inference.checkpoints import DEFAULT_MODEL, resolve_model_dir
     from streams.synth import write_synth_tape
 
-    model = build_model(workdir / "model", default_corpus(), **LATENCY_MODEL)
+    model = model or DEFAULT_MODEL
+    resolve_model_dir(model)   # converted before the runs, so that no run's start-up includes it
     write_synth_tape(workdir / "tape", 3, 8 if quick else 20, seed=4)
-    figures = {}
+    figures = {"model": model}
     runs = (("buffered", "1", "1"), ("cache_only", "0", "1"), ("unbuffered", "0", "0"))
-    os.environ["FINLLM_ENGINE_DTYPE"] = LATENCY_DTYPE
     for label, warmup, caching in tqdm(runs, desc="pipeline runs", unit="run", disable=not sys.stderr.isatty()):
         os.environ["FINLLM_WARMUP"], os.environ["FINLLM_PREFIX_CACHING"] = warmup, caching
         report = run_demo(DemoOptions(workdir / label, workdir / "tape", speed=20.0, partitions=2,
-                                      engine="paged", model=str(model), timeout_s=300))
+                                      engine="paged", model=model, timeout_s=300))
         figures[f"trigger_to_forecast_ms_p50_{label}"] = report["latency_ms"]["p50"]
         figures[f"trigger_to_forecast_ms_p99_{label}"] = report["latency_ms"]["p99"]
         figures[f"inference_ms_p50_{label}"] = report["inference_ms"]["p50"]
         figures[f"forecasts_{label}"] = report["forecasts"]
         figures |= _by_trigger(workdir / label / "forecasts.parquet", label)
-    for name in ("FINLLM_WARMUP", "FINLLM_PREFIX_CACHING", "FINLLM_ENGINE_DTYPE"):
+    for name in ("FINLLM_WARMUP", "FINLLM_PREFIX_CACHING"):
         os.environ.pop(name)
     buffered = figures["trigger_to_forecast_ms_p50_buffered"]
     figures["buffering_speedup_p50"] = round(figures["trigger_to_forecast_ms_p50_unbuffered"] / buffered, 2)
@@ -163,6 +158,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller tape (about a minute in all)")
     parser.add_argument("--symbols", type=int)
     parser.add_argument("--minutes", type=float)
+    parser.add_argument("--model", help="served model for the buffering runs (default: the product's default)")
     args = parser.parse_args()
     symbols = args.symbols or (10 if args.quick else 40)
     minutes = args.minutes or (30 if args.quick else 60)
@@ -176,7 +172,7 @@ def main() -> None:
     print(f"pipeline: {figures['ticks_per_s']:,} ticks/s through the agents worker "
           f"({figures['requests']}/{figures['triggers']} requests)", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
-        figures |= bench_buffering(Path(workdir), args.quick)
+        figures |= bench_buffering(Path(workdir), args.quick, args.model)
     print(f"buffering: trigger-to-forecast p50 {figures['trigger_to_forecast_ms_p50_buffered']} ms buffered, "
           f"{figures['trigger_to_forecast_ms_p50_cache_only']} ms with the prefix cache only, "
           f"{figures['trigger_to_forecast_ms_p50_unbuffered']} ms unbuffered", flush=True)

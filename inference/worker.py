@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
+from inference.adapters.shipped import load_routing
 from inference.adapters.watch import start_registry_watch
 from inference.fusion import FusionPolicy, fuse
 from inference.metrics import InferenceMetrics
@@ -27,7 +28,7 @@ from streams.health import mark_ready
 from streams.latest import LatestStore
 from streams.metrics import run_observability
 from streams.producer import DeadLetters, make_producer
-from streams.settings import KafkaSettings, env_flag
+from streams.settings import ROUTING_FILE_ENV, KafkaSettings, env_flag
 
 log = logging.getLogger("finllm.inference")
 FETCH_MAX_WAIT_MS = 20  # the broker may hold a fetch this long: it bounds the queue wait of a request
@@ -52,7 +53,9 @@ class WorkerConfig:
     @classmethod
     def from_env(cls) -> WorkerConfig:
         env, default = os.environ, cls()
-        adapters = tuple(tuple(p.split("=", 1)) for p in env.get("FINLLM_ADAPTER_PATHS", "").split(",") if p)
+        routed = load_routing(env[ROUTING_FILE_ENV]).adapters if env.get(ROUTING_FILE_ENV) else {}
+        named = dict(tuple(p.split("=", 1)) for p in env.get("FINLLM_ADAPTER_PATHS", "").split(",") if p)
+        adapters = tuple((name, str(path)) for name, path in (routed | named).items())
         return cls(group_id=env.get("FINLLM_INFERENCE_GROUP", default.group_id),
                    max_batch=int(env.get("FINLLM_MAX_BATCH", default.max_batch)),
                    engine=env.get("FINLLM_ENGINE", default.engine), model_dir=env.get("FINLLM_MODEL") or None,

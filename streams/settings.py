@@ -82,3 +82,27 @@ def work_dir(service: str, env: dict[str, str] | Any = None) -> Path:
     started it), else `<cache>/work/<service>`. Never the current directory."""
     env = os.environ if env is None else env
     return Path(env["FINLLM_WORK_DIR"]) if env.get("FINLLM_WORK_DIR") else cache_dir(env) / "work" / service
+
+
+ROUTING_FILE_ENV = "FINLLM_ROUTING_FILE"
+
+
+def read_routing_file(path: str | Path) -> dict:
+    """A routing file (`routing.json` of an adapter set): `adapters` (name -> folder, relative to the file),
+    `routes` (symbol -> adapter name), `default` (adapter for other symbols or null), `sectors`, `task`.
+    Both workers read it when FINLLM_ROUTING_FILE names it: the agents route symbols by it, the inference
+    worker loads its adapters. Raises ValueError naming the file when it is not one."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"routing file {path}: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("adapters"), dict) \
+            or not isinstance(data.get("routes"), dict):
+        raise ValueError(f"routing file {path}: needs the objects 'adapters' and 'routes'")
+    unknown = {n for n in [*data["routes"].values(), data.get("default")] if n and n not in data["adapters"]}
+    if unknown:
+        raise ValueError(f"routing file {path}: routes name adapters it does not list: {sorted(unknown)}")
+    return data

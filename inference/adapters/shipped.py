@@ -1,20 +1,44 @@
-"""The adapters shipped with the embedded default model, and how the pipeline routes symbols to them.
+"""The adapters shipped for each registered base model, and how the pipeline routes symbols to them.
 
-`inference/data/adapters/routing.json` lists the adapter folders (name -> folder beside it), the
-sector of every synthetic ticker, and the route of each symbol to its sector's adapter for the
-served task, plus a default adapter for symbols without a sector. `Routing.env()` is the
-environment the two workers read: FINLLM_ADAPTER_PATHS (inference worker: what to load) and
-FINLLM_ADAPTERS / FINLLM_DEFAULT_ADAPTER (agents: `AgentsConfig.adapters`, which adapter each
-symbol's requests name).
+One set per base model, in `inference/data/adapters/<model name>/` (`tiny`, `smollm2-135m`): its
+`routing.json` lists the adapter folders (name -> folder beside it), the sector of every synthetic
+ticker, and the route of each symbol to its sector's adapter for the served task, plus a default
+adapter for symbols without a sector. `shipped_routing(model)` finds the set of the model a worker
+serves (a registered name, or the folder a registered model was converted into); a model with no
+set (any other local folder) gets none, so no request names an adapter trained on another base.
+`Routing.env()` is what the two workers read: FINLLM_ROUTING_FILE, the routing file itself (the
+inference worker loads its adapters, the agents route each symbol's requests by it); or, for a
+routing built in code, FINLLM_ADAPTER_PATHS (what to load) and FINLLM_ADAPTERS /
+FINLLM_DEFAULT_ADAPTER (`AgentsConfig.adapters`).
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "adapters"
+from streams.settings import ROUTING_FILE_ENV, read_routing_file
+
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "adapters"   # one folder per base model
 ROUTING_NAME = "routing.json"
+
+
+def shipped_dir(model: str | None = None) -> Path:
+    """The folder of the adapters shipped for registered model `model` (None: the default model)."""
+    from inference.checkpoints import DEFAULT_MODEL
+
+    return SHIPPED_DIR / (model or DEFAULT_MODEL)
+
+
+def shipped_routing(model: str | os.PathLike | None = None) -> Routing | None:
+    """The shipped adapters and routes for the model a worker serves: a registered name, a folder that
+    is a registered model's cache folder, or None (the default model); None when none are shipped."""
+    from inference.checkpoints import registered_name
+
+    name = registered_name(model)
+    folder = SHIPPED_DIR / name if name else None
+    return load_routing(folder) if folder and (folder / ROUTING_NAME).is_file() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +48,16 @@ class Routing:
     default: str | None                  # adapter for symbols without a route
     sectors: dict[str, tuple[str, ...]]  # sector -> symbols
     task: str = "direction"
+    file: Path | None = None             # the routing file read, if any
 
     def adapter_for(self, symbol: str) -> str | None:
         return self.routes.get(symbol, self.default)
 
     def env(self) -> dict[str, str]:
+        """The workers' settings for this routing: its file when it was read from one, else the expanded
+        lists (FINLLM_ADAPTER_PATHS for the inference worker, FINLLM_ADAPTERS for the agents)."""
+        if self.file:
+            return {ROUTING_FILE_ENV: str(self.file)}
         env = {"FINLLM_ADAPTER_PATHS": ",".join(f"{n}={p}" for n, p in sorted(self.adapters.items())),
                "FINLLM_ADAPTERS": ",".join(f"{s}:{n}" for s, n in sorted(self.routes.items()))}
         if self.default:
@@ -42,19 +71,18 @@ class Routing:
                              for n, p in sorted(self.adapters.items())}}
 
 
-def load_routing(folder: str | Path = SHIPPED_DIR) -> Routing:
-    """Read `routing.json` of an adapters folder; adapter paths are resolved against that folder."""
-    folder = Path(folder)
-    path = folder / ROUTING_NAME
+def load_routing(where: str | Path) -> Routing:
+    """Read an adapter set's routing file (`where`: the file, or the folder holding `routing.json`);
+    adapter paths are resolved against its folder."""
+    path = Path(where)
+    path = path / ROUTING_NAME if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {ROUTING_NAME}")
-    data = json.loads(path.read_text())
-    adapters = {name: (folder / rel).resolve() for name, rel in data["adapters"].items()}
-    unknown = {n for n in [*data["routes"].values(), data.get("default")] if n and n not in adapters}
-    if unknown:
-        raise ValueError(f"{path}: routes name adapters it does not list: {sorted(unknown)}")
+        raise FileNotFoundError(f"{path} does not exist: no adapter set there")
+    data = read_routing_file(path)
+    adapters = {name: (path.parent / rel).resolve() for name, rel in data["adapters"].items()}
     return Routing(adapters, dict(data["routes"]), data.get("default"),
-                   {k: tuple(v) for k, v in data.get("sectors", {}).items()}, data.get("task", "direction"))
+                   {k: tuple(v) for k, v in data.get("sectors", {}).items()}, data.get("task", "direction"),
+                   path.resolve())
 
 
 def write_routing(folder: str | Path, routing: Routing) -> Path:

@@ -14,6 +14,7 @@ from inference.checkpoints.registry import (
     model_spec,
     model_status,
     prompt_settings,
+    registered_name,
     resolve_model_dir,
 )
 from inference.checkpoints.store import (
@@ -25,20 +26,20 @@ from inference.checkpoints.store import (
     verify_model,
 )
 from inference.checkpoints.tiny import (
-    DEFAULT_MODEL_SEED,
+    TINY_MODEL_SEED,
     RECIPE_VERSION,
     SINGLE_TOKEN_WORDS,
     build_model,
     default_corpus,
-    default_model_dir,
+    tiny_model_dir,
     ensure_model,
     train_tokenizer,
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "DEFAULT_MODEL_SEED", "MANIFEST_NAME", "MODELS", "RECIPE_VERSION", "SINGLE_TOKEN_WORDS",
+    "DEFAULT_MODEL", "TINY_MODEL_SEED", "MANIFEST_NAME", "MODELS", "RECIPE_VERSION", "SINGLE_TOKEN_WORDS",
     "WEIGHTS_NAME", "MissingModelPackage", "ModelBuildError", "ModelSpec", "PromptSettings", "build_model",
-    "convert_gguf", "default_corpus", "default_model_dir", "ensure_model", "ensure_named_model", "model_fingerprint",
-    "model_spec", "model_status", "prompt_settings", "read_manifest", "resolve_model_dir", "train_tokenizer",
+    "convert_gguf", "default_corpus", "tiny_model_dir", "ensure_model", "ensure_named_model", "model_fingerprint",
+    "model_spec", "model_status", "prompt_settings", "read_manifest", "registered_name", "resolve_model_dir", "train_tokenizer",
     "verify_model",
 ]

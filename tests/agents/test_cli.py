@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas import Forecast, Latency, NewsWatermark, Probs, decode_news_event, decode_tick
-from inference.adapters.shipped import load_routing
+from inference.adapters.shipped import shipped_routing
 from streams.admin import ensure_topics
 from streams.latest import LatestStore
 from streams.topics import Topics
@@ -113,10 +113,13 @@ def test_up_serves_kafka_and_redis_until_interrupted(tmp_path):
 
     proc = _started("up", "--workdir", str(tmp_path))
     try:
-        lines = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(5))
+        routing = shipped_routing("tiny").env()
+        lines = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(3 + len(routing)))
         bootstrap, url = lines["FINLLM_KAFKA_BOOTSTRAP"], lines["FINLLM_REDIS_URL"]
-        # the shipped adapters' settings, as the demo gives its workers: hand-started workers serve them too
-        assert {k: v.strip("'") for k, v in lines.items() if "ADAPTER" in k} == load_routing().env()
+        # the model and its shipped adapters' settings, as the demo gives its workers: hand-started workers
+        # serve them too (FINLLM_MODEL=tiny in the tests' environment)
+        assert lines["FINLLM_MODEL"] == "tiny"
+        assert {k: lines[k].strip("'") for k in routing} == routing
         assert redis.Redis.from_url(url).ping()
         assert asyncio.run(_topic_names(bootstrap)) >= set(Topics().all())
     finally:

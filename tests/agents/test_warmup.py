@@ -116,7 +116,7 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
     fire(p, trade(1), trade(52))
     warm = p.due_warmup("ACME", time.time_ns())
     request = p.request(next(f for f in fire(p, trade(55), trade(61)) if f.trigger == "cadence"), time.time_ns())
-    scorer = EngineScorer(str(resolve_model_dir(None)))
+    scorer = EngineScorer(str(resolve_model_dir("tiny")))
     worker = InferenceWorker(KafkaSettings("127.0.0.1:9"), None, scorer, WorkerConfig(), FusionPolicy())
     assert worker._queue_warmups([warm]) == [] and list(worker.warm_queue) == [warm]
     asyncio.run(worker._warm_up_queued())                       # what the worker does when nothing is due

@@ -18,7 +18,7 @@ from inference.checkpoints import (
     SINGLE_TOKEN_WORDS,
     ModelBuildError,
     build_model,
-    default_model_dir,
+    tiny_model_dir,
     ensure_model,
     model_fingerprint,
     read_manifest,
@@ -118,9 +118,9 @@ def test_ensure_model_does_not_rebuild(tiny_model_dir):
 
 def test_default_model_dir_follows_cache_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FINLLM_CACHE_DIR", str(tmp_path))
-    assert default_model_dir() == tmp_path / "models" / f"tiny-qwen2-v{checkpoints.RECIPE_VERSION}"
+    assert tiny_model_dir() == tmp_path / "models" / f"tiny-qwen2-v{checkpoints.RECIPE_VERSION}"
     monkeypatch.delenv("FINLLM_CACHE_DIR")
-    assert default_model_dir() == Path.home() / ".cache" / "finllm" / "models" / f"tiny-qwen2-v{checkpoints.RECIPE_VERSION}"
+    assert tiny_model_dir() == Path.home() / ".cache" / "finllm" / "models" / f"tiny-qwen2-v{checkpoints.RECIPE_VERSION}"
 
 
 def test_default_corpus_is_deterministic():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from inference.checkpoints import MODELS, PromptSettings, prompt_settings, resolve_model_dir
+from inference.checkpoints import DEFAULT_MODEL, MODELS, PromptSettings, prompt_settings, resolve_model_dir
 from inference.checkpoints.store import write_manifest
 from inference.scorers.base import label_token_ids
 from inference.scorers.prompting import PromptFormat
@@ -43,6 +43,7 @@ def test_label_words_must_match_the_labels_and_differ(tiny_model_dir):
         label_token_ids(tokenizer, (" up", " up", " flat"))
 
 
-def test_the_tiny_name_is_the_default(tmp_path, monkeypatch):
+def test_the_tiny_name_is_the_tiny_folder_and_the_default_is_the_real_model(tmp_path, monkeypatch):
     monkeypatch.setenv("FINLLM_CACHE_DIR", str(tmp_path))
-    assert resolve_model_dir("tiny") == resolve_model_dir(None) == tmp_path / "models" / MODELS["tiny"].folder
+    assert resolve_model_dir("tiny") == tmp_path / "models" / MODELS["tiny"].folder
+    assert DEFAULT_MODEL == "smollm2-135m" and MODELS[DEFAULT_MODEL].source is not None

@@ -56,7 +56,7 @@ def engine_scorer():
     from inference.scorers.engine import EngineScorer
     from inference.checkpoints import resolve_model_dir
 
-    scorer = EngineScorer(str(resolve_model_dir(None)))
+    scorer = EngineScorer(str(resolve_model_dir("tiny")))
     yield scorer
     scorer.close()
 

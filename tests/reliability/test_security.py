@@ -44,7 +44,7 @@ def test_the_scorer_loads_nothing_a_request_names(tmp_path):
     from inference.checkpoints import resolve_model_dir
     from inference.scorers.base import ScoreItem
 
-    scorer = EngineScorer(str(resolve_model_dir(None)))
+    scorer = EngineScorer(str(resolve_model_dir("tiny")))
     try:
         before = list(scorer.engine.registry.names)
         results = scorer.score([ScoreItem("a", "the price rose", adapter=str(tmp_path)),
@@ -101,7 +101,7 @@ def test_the_longest_prompt_the_agents_can_build_is_scored_not_refused():
                  for i in range(AgentsConfig().max_news_in_prompt))
     prompt = build_prompt("ACME", 1_767_623_400 * 10**9 + 10, Features(100.0, 0.01, 0.02, 1e-3, 1e6, 100, 2.0),
                           news, 600, 60)
-    scorer = EngineScorer(str(resolve_model_dir(None)))
+    scorer = EngineScorer(str(resolve_model_dir("tiny")))
     try:
         (result,) = scorer.score([ScoreItem("long", prompt)])
         assert result.probs is not None and scorer.num_rejected == 0

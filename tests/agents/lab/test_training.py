@@ -3,7 +3,7 @@ import pytest
 
 from agents.lab.examples import Split
 from agents.lab.training import SECTORS, TrainingError, train_on_split
-from inference.adapters.shipped import load_routing
+from inference.adapters.shipped import shipped_routing
 from streams.synth import COMPANIES
 
 
@@ -14,7 +14,7 @@ def test_sectors_hold_every_synthetic_ticker_once_in_a_stable_order():
 
 
 def test_the_shipped_routing_follows_the_sectors():
-    shipped = load_routing().sectors
+    shipped = shipped_routing("tiny").sectors
     assert {sector: set(symbols) for sector, symbols in shipped.items()} == \
         {sector: set(symbols) for sector, symbols in SECTORS.items()}
 
