@@ -46,6 +46,10 @@ def demo(out_dir: Path, tape: Path | None, speed: float, as_fast: bool, partitio
 def summary(report: dict) -> str:
     lat = report["latency_ms"]
     return "\n".join([
+        f"served by         {report['model']} ({report['engine']} engine, {report['dtype']}, "
+        f"{report['model_threads']} model threads); workers ready in {report['startup_s']} s, "
+        f"whole run {report['wall_s']} s",
+        f"processor         {report['processor']}",
         f"events replayed   {report['events']} ({report['ticks']} ticks, {report['news']} news)",
         f"forecasts         {report['forecasts']} of {report['triggers']} triggers "
         f"(missing {report['missing']}, duplicates on the wire {report['wire_duplicates']})",

@@ -19,6 +19,7 @@ from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.lab.report import build_report, forecasts_frame
 from inference.adapters.shipped import shipped_routing
+from inference.engine.cpu import describe_processor
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
 from streams.consumer import ForecastCollector
@@ -63,6 +64,7 @@ def services(opts: DemoOptions, workdir: Path) -> Iterator[tuple[str, str, bool]
 
 
 def run_demo(opts: DemoOptions) -> dict:
+    began = time.monotonic()
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     workdir = opts.out_dir / "run"
     workdir.mkdir(exist_ok=True)
@@ -76,7 +78,10 @@ def run_demo(opts: DemoOptions) -> dict:
         kafka = KafkaSettings(bootstrap, Topics(prefix, opts.partitions), kafka.security_protocol,
                               kafka.sasl_mechanism, kafka.sasl_username, kafka.sasl_password, kafka.ssl_cafile)
         result = asyncio.run(_pipeline(opts, tape, kafka, redis_url, expected, run_id, workdir))
-    report = build_report(tape, cfg, expected, result)
+    report = build_report(tape, cfg, expected, result) | {
+        "processor": describe_processor(), "model_threads": result["model_threads"],
+        "dtype": os.environ.get("FINLLM_ENGINE_DTYPE") or "engine default for this processor",
+        "wall_s": round(time.monotonic() - began, 1)}
     forecasts_frame(result["forecasts"], tape).write_parquet(opts.out_dir / "forecasts.parquet")
     return report
 
@@ -115,7 +120,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     return {"forecasts": list(collector.by_id.values()), "wire_forecasts": len(collector.copies),
             "deadletters": collector.deadletter_reasons(), "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
-            "topic_prefix": kafka.topics.prefix}
+            "topic_prefix": kafka.topics.prefix, "model_threads": int(env["FINLLM_TORCH_THREADS"])}
 
 
 async def _wait_for_forecasts(done: asyncio.Event, workers: list[WorkerProcess], timeout_s: float) -> None:

@@ -2,8 +2,10 @@
 
 Latency fields (queue_ms, inference_ms, total_ms, published_wall_ns) are wall-clock measurements and are
 left out; everything else (ids, probabilities of every component, news ids, adapters, flags) must be equal
-byte for byte. The paged engine computes in float64 on the CPU, so which requests share a batch, or whether
-a prefix came from the cache, changes nothing at the published precision.
+byte for byte. The paged engine computes in its default dtype for this processor (bfloat16 where the CPU
+has native bf16, else float32) in batch-invariant mode, so which requests share a batch, or whether a
+prefix came from the cache, changes no bit of a request's logits. Run on the tiny fixture model and on the
+product's default model (SmolLM2-135M-Instruct with its shipped adapters).
 """
 import orjson
 import polars as pl
@@ -21,14 +23,17 @@ def canonical(out_dir) -> list[bytes]:
     return [orjson.dumps(row, option=orjson.OPT_SORT_KEYS) for row in frame.iter_rows(named=True)]
 
 
-def test_two_replays_at_different_speeds_and_partitions_are_byte_identical(tmp_path, kafka_bootstrap, redis_url):
+@pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
+def test_two_replays_at_different_speeds_and_partitions_are_byte_identical(tmp_path, kafka_bootstrap, redis_url,
+                                                                           model):
     tape = tmp_path / "tape"
     write_synth_tape(tape, 3, 10, seed=5)
     runs = {}
     for name, speed, partitions, bundle_ms in (("slow", 60.0, 1, 0), ("fast", None, 4, 1000)):
         out = tmp_path / name
         report = run_demo(DemoOptions(out, tape, speed=speed, partitions=partitions, bootstrap=kafka_bootstrap,
-                                      redis_url=redis_url, engine="paged", timeout_s=240, bundle_ms=bundle_ms))
+                                      redis_url=redis_url, engine="paged", model=model, timeout_s=240,
+                                      bundle_ms=bundle_ms))
         assert report["missing"] == 0 and report["partitions"] == partitions
         assert report["status"] == {"ok": report["forecasts"]}, report["status"]
         runs[name] = canonical(out)
