@@ -2,8 +2,8 @@
 
 Latency fields (queue_ms, inference_ms, total_ms, published_wall_ns) are wall-clock measurements and are
 left out; everything else (ids, probabilities of every component, news ids, adapters, flags) must be equal
-byte for byte. The paged engine computes in float64 on the CPU, so which requests share a batch, or whether
-a prefix came from the cache, changes nothing at the published precision.
+byte for byte. The paged engine runs batch-invariant on the CPU (in its fast default dtype), so which requests
+share a batch, or whether a prefix came from the cache, changes no logit bit.
 """
 import orjson
 import polars as pl
