@@ -192,7 +192,7 @@ class Transformer:
                    attn: AttentionMetadata, kv_cache: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
         c = self.config
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        qkv = attn.linear(h, layer.qkv, layer.qkv_bias)                             # [T, q + 2 kv]
+        qkv = attn.linear(h, layer.qkv, layer.qkv_bias)                          # [T, q + 2 kv]
         if lora is not None:
             lora.apply(qkv[:, :q_dim], h, i, "q_proj")
             lora.apply(qkv[:, q_dim:q_dim + kv_dim], h, i, "k_proj")
@@ -214,7 +214,7 @@ class Transformer:
     def _mlp(self, i: int, layer: LayerWeights, h: torch.Tensor, attn: AttentionMetadata,
              lora: LoraBatch | None) -> torch.Tensor:
         inter = self.config.intermediate_size
-        gate_up = attn.linear(h, layer.gate_up, layer.gate_up_bias)                 # [T, 2 I]
+        gate_up = attn.linear(h, layer.gate_up, layer.gate_up_bias)              # [T, 2 I]
         if lora is not None:
             lora.apply(gate_up[:, :inter], h, i, "gate_proj")
             lora.apply(gate_up[:, inter:], h, i, "up_proj")

@@ -11,7 +11,7 @@ The fix is to never let a kernel see a shape that depends on the batch:
 * every matrix product over token rows runs on fixed `TILE_ROWS`-row tiles (`row_tiles`, `linear`,
   `sgmv_tiled`, `label_logits`): the rows are zero-padded to a multiple of the tile and each tile is its own
   call, so a row meets the same kernel, in the same position-independent order, whatever the batch;
-* attention runs per request (`attend_fixed`): its queries in `TILE_ROWS`-row tiles, its keys zero-padded
+* attention runs per request (`attend_fixed`): its queries in `QUERY_TILE`-row tiles, its keys zero-padded
   and masked to a multiple of `KEY_BLOCK` (torch's CPU flash kernel reduces keys in blocks of 512, and a block
   that is fully masked adds exact zeros), so neither the chunking nor a prefix-cache hit changes the
   reduction a query row sees.
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from inference.kernels.reference import LoraSegment
 
-TILE_ROWS = 64     # rows of every matrix product and of every attention query tile
+TILE_ROWS = 256    # rows of every matrix product over token rows (64 and 128 are invariant too, and slower)
+QUERY_TILE = 64    # rows of every attention query tile
 KEY_BLOCK = 512    # keys are padded to a multiple of this (the CPU flash kernel's key block)
 
 
@@ -78,18 +79,18 @@ def attend_fixed(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scal
     """Causal attention of one request's n new queries, the last n of its context, on fixed shapes.
 
     q: [n, Hq, D]; keys, values: [Hkv, ctx, D] (the whole context) -> [n, Hq, D]. The queries run in
-    `TILE_ROWS`-row tiles (one SDPA call, tiles as the batch), the keys zero-padded to a multiple of
+    `QUERY_TILE`-row tiles (one SDPA call, tiles as the batch), the keys zero-padded to a multiple of
     `KEY_BLOCK` and masked; padding query rows see the keys up to their would-be position and are dropped.
     """
     n, ctx = q.shape[0], keys.shape[1]
-    rows, width = round_up(n, TILE_ROWS), round_up(ctx, KEY_BLOCK)
-    tiles = rows // TILE_ROWS
-    queries = _pad_rows(q, rows).unflatten(0, (tiles, TILE_ROWS)).transpose(1, 2)        # [tiles, Hq, 64, D]
+    rows, width = round_up(n, QUERY_TILE), round_up(ctx, KEY_BLOCK)
+    tiles = rows // QUERY_TILE
+    queries = _pad_rows(q, rows).unflatten(0, (tiles, QUERY_TILE)).transpose(1, 2)       # [tiles, Hq, 64, D]
     pad = (0, 0, 0, width - ctx)
     keys, values = (F.pad(t, pad).unsqueeze(0).expand(tiles, -1, -1, -1) for t in (keys, values))
     positions = torch.arange(rows, device=q.device) + (ctx - n)
     mask = torch.arange(width, device=q.device)[None, :] <= positions[:, None]            # [rows, width]
-    mask = mask.unflatten(0, (tiles, TILE_ROWS)).unsqueeze(1)                             # [tiles, 1, 64, width]
+    mask = mask.unflatten(0, (tiles, QUERY_TILE)).unsqueeze(1)                            # [tiles, 1, 64, width]
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale,
                                          enable_gqa=keys.shape[1] != q.shape[1])
     return out.transpose(1, 2).flatten(0, 1)[:n]

@@ -136,3 +136,26 @@ def test_real_model_bf16_label_logits_do_not_depend_on_the_batch():
     warm = engine(4096, True)
     score(warm, target[:100] + prompt(30))
     assert score(warm, target, [prompt(60), target[:64] + prompt(10)]) == alone
+
+
+def test_the_cpu_scorer_defaults_to_the_fast_dtype_batch_invariant(tiny_model_dir):
+    import torch
+
+    from inference.engine.cpu import default_dtype
+    from inference.scorers.factory import build_scorer
+
+    scorer = build_scorer("paged", tiny_model_dir, device="cpu")
+    assert scorer.engine.model.embed.dtype == getattr(torch, default_dtype("cpu"))
+    assert scorer.engine.runner.batch_invariant
+    assert not build_scorer("paged", tiny_model_dir, device="cpu", batch_invariant=False).engine.runner.batch_invariant
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("0", False), ("off", False), ("1", True)])
+def test_worker_reads_the_batch_invariant_setting(monkeypatch, value, expected):
+    from inference.worker import WorkerConfig
+
+    if value is None:
+        monkeypatch.delenv("FINLLM_ENGINE_BATCH_INVARIANT", raising=False)
+    else:
+        monkeypatch.setenv("FINLLM_ENGINE_BATCH_INVARIANT", value)
+    assert WorkerConfig.from_env().batch_invariant is expected
