@@ -118,8 +118,8 @@ def _forecast_id(value: bytes) -> str | None:
 
 
 LATENCY_MODEL = dict(hidden_size=768, num_layers=8, num_heads=12, num_kv_heads=4, intermediate_size=2048)
-LATENCY_DTYPE = "float32"   # pinned so figures compare across rounds; float64 (the CPU default until batch-invariant mode) doubled every engine step
-                            # and overloads a 2-core box at 20x: queueing would decide, not prefill
+LATENCY_DTYPE = "float32"   # pinned so figures compare across rounds; float64 (the CPU default until the
+                            # batch-invariant mode) doubled every engine step and overloaded a 2-core box at 20x
 
 
 def bench_buffering(workdir: Path, quick: bool) -> dict:
