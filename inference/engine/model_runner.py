@@ -21,7 +21,7 @@ class ModelRunner:
 
     Batch-invariant mode (`EngineConfig.batch_invariant`, the torch path only) applies to the steps that
     prefill: their matrix products run on fixed row tiles and their prefilling requests' attention on fixed
-    shapes. A step of decodes only runs as before (a decode padded to a 64-row tile costs too much, and no
+    shapes. A step of decodes only runs as before (a decode padded to a row tile costs too much, and no
     score request decodes), as do decodes' attention inside a mixed step.
     """
 
