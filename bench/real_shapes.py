@@ -5,10 +5,12 @@ vocab 49152, tied embeddings): speed does not depend on the weight values. Workl
 requests of `--prompt-len` tokens, all queued at once, prefix cache off; transformers runs them in padded
 batches of `--hf-batch` (no adapter). Then decode tokens/s at batch 1 (a prompt of `--prompt-len`, then
 `--decode-tokens` greedy tokens; prefill excluded). Each figure is the best of `--repeats`; ratios compare
-figures of this same run. The first line states the processor; the last line is one JSON object.
+figures of this same run. `--batch-invariant` runs ours with the engine's batch-invariant CPU mode on (the
+default), off, or both ("ours" and "ours_variant"). The first line states the processor; the last line is one
+JSON object.
 
     python bench/real_shapes.py                     # about two minutes on 2 CPU cores
-    python bench/real_shapes.py --dtypes bfloat16 --repeats 3
+    python bench/real_shapes.py --dtypes bfloat16 --repeats 3 --batch-invariant both
 """
 from __future__ import annotations
 
@@ -54,9 +56,10 @@ def best_of(repeats: int, run) -> float:
     return min(times)
 
 
-def ours(model_dir: str, dtype: str, prompts: list[list[int]], args) -> dict:
+def ours(model_dir: str, dtype: str, prompts: list[list[int]], args, invariant: bool) -> dict:
     config = EngineConfig(num_blocks=-(-len(prompts) * (args.prompt_len + args.decode_tokens) // 16) + 8,
-                          enable_prefix_caching=False, dtype=dtype, max_num_seqs=len(prompts))
+                          enable_prefix_caching=False, dtype=dtype, max_num_seqs=len(prompts),
+                          batch_invariant=invariant)
     engine = Engine(model_dir, config)
     counter = iter(range(1 << 30))
 
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model-dir", help="a folder to keep the random model in between runs")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--batch-invariant", choices=("on", "off", "both"), default="on")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     processor = describe_processor()
@@ -120,7 +124,12 @@ def main() -> None:
         model_dir = build_model(Path(args.model_dir or tmp))
         results = {}
         for dtype in args.dtypes:
-            row = {"ours": ours(model_dir, dtype, prompts, args)}
+            row = {}
+            if args.batch_invariant != "off":
+                row["ours"] = ours(model_dir, dtype, prompts, args, invariant=True)
+            if args.batch_invariant != "on":
+                row["ours" if args.batch_invariant == "off" else "ours_variant"] = ours(
+                    model_dir, dtype, prompts, args, invariant=False)
             if not args.skip_hf:
                 row["hf"] = transformers_baseline(model_dir, dtype, prompts, args)
                 row["ratio"] = {k: row["ours"][k] / row["hf"][k] for k in row["ours"]}
@@ -128,6 +137,7 @@ def main() -> None:
             print(f"{dtype:<9} " + "  ".join(f"{system}: " + " ".join(f"{k}={v:.2f}" for k, v in m.items())
                                               for system, m in row.items()), flush=True)
     print(json.dumps({"processor": processor, "threads": args.threads, "requests": args.requests,
+                      "batch_invariant": args.batch_invariant,
                       "prompt_len": args.prompt_len, "hf_batch": args.hf_batch,
                       "results": {d: {s: {k: round(v, 3) for k, v in m.items()} for s, m in row.items()}
                                   for d, row in results.items()}}))

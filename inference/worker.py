@@ -46,7 +46,8 @@ class WorkerConfig:
     model_dir: str | None = None     # None: the embedded default model, built on first use
     adapters: tuple[tuple[str, str], ...] = ()
     device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
-    dtype: str | None = None         # paged engine; None: build_scorer's default (float64 on CPU, bfloat16 on CUDA)
+    dtype: str | None = None         # paged engine; None: build_scorer's default (the processor's fast dtype)
+    batch_invariant: bool | None = None   # paged engine; None: build_scorer's default (on for the CPU path)
     prefix_caching: bool = True      # paged engine: reuse computed prompt prefixes (warm-ups need it)
     torch_threads: int | None = None  # CPU threads for the model; None: torch's default (every core)
 
@@ -61,6 +62,8 @@ class WorkerConfig:
                    engine=env.get("FINLLM_ENGINE", default.engine), model_dir=env.get("FINLLM_MODEL") or None,
                    adapters=adapters, device=env.get("FINLLM_DEVICE") or None,
                    dtype=env.get("FINLLM_ENGINE_DTYPE") or None,
+                   batch_invariant=(env_flag(env, "FINLLM_ENGINE_BATCH_INVARIANT", True)
+                                    if env.get("FINLLM_ENGINE_BATCH_INVARIANT") else None),
                    prefix_caching=env_flag(env, "FINLLM_PREFIX_CACHING", default.prefix_caching),
                    torch_threads=int(env["FINLLM_TORCH_THREADS"]) if env.get("FINLLM_TORCH_THREADS") else None)
 
@@ -74,7 +77,8 @@ def configured_scorer(cfg: WorkerConfig) -> Scorer:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     return build_scorer(cfg.engine, resolve_model_dir(cfg.model_dir), adapters=dict(cfg.adapters), device=cfg.device,
-                        dtype=cfg.dtype, max_batch=cfg.max_batch, prefix_caching=cfg.prefix_caching)
+                        dtype=cfg.dtype, max_batch=cfg.max_batch, prefix_caching=cfg.prefix_caching,
+                        batch_invariant=cfg.batch_invariant)
 
 
 def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, policy: FusionPolicy,

@@ -27,9 +27,12 @@ class EngineConfig:
     starvation_timeout_s: float = 5.0
     enable_prefix_caching: bool = True
     # "auto": by processor (inference.engine.cpu.default_dtype: bfloat16 on CUDA and on CPUs with native bf16,
-    # else float32); float64: batch-composition effects far below the published precision (CPU replay)
+    # else float32); byte-identical CPU replays come from `batch_invariant`, in any dtype
     dtype: str = "float32"
     cuda_graph_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)   # () turns decode graphs off
+    # a request's logits bit-identical whatever it is batched with (inference.kernels.invariant); None: on
+    # wherever the torch (CPU) path runs, off on the Triton path, which has no such mode (True there: an error)
+    batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_batched_tokens",

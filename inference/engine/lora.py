@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from inference.kernels import sgmv, step_segments
+from inference.kernels.invariant import sgmv_tiled
 from inference.kernels.reference import LoraSegment
 
 if TYPE_CHECKING:
@@ -94,18 +95,27 @@ class LoraBatch:
     """The step's LoRA view: which token segments use which slot, over the slot stacks.
 
     `kernel_segments` is the same segments in the form the `sgmv` dispatcher takes (a device table
-    on the Triton path), built once per step by `for_step`.
+    on the Triton path), built once per step by `for_step`. `invariant`: the step is batch-invariant, the
+    deltas run over fixed row tiles (`inference.kernels.invariant.sgmv_tiled`, torch path only).
     """
 
     weights: LoraSlotWeights
     segments: list[LoraSegment]
     kernel_segments: list[LoraSegment] | SegmentTable
+    invariant: bool = False
 
     @classmethod
-    def for_step(cls, weights: LoraSlotWeights, segments: list[LoraSegment]) -> "LoraBatch":
+    def for_step(cls, weights: LoraSlotWeights, segments: list[LoraSegment], invariant: bool = False) -> "LoraBatch":
+        if invariant:
+            return cls(weights, segments, segments, invariant=True)
         return cls(weights, segments, step_segments(segments, next(iter(weights.a.values()))))
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, module: str) -> None:
         """y: [T, out] += each token's LoRA delta of `module` in `layer`, x: [T, in]."""
-        if self.segments and module in self.weights.a:
-            sgmv(y, x, self.weights.a[module][layer], self.weights.b[module][layer], self.kernel_segments)
+        if not self.segments or module not in self.weights.a:
+            return
+        a, b = self.weights.a[module][layer], self.weights.b[module][layer]
+        if self.invariant:
+            sgmv_tiled(y, x, a, b, self.segments)
+        else:
+            sgmv(y, x, a, b, self.kernel_segments)

@@ -4,6 +4,10 @@ Every step runs all scheduled tokens of all requests as one flat batch `[T]`; at
 writes the step's K/V into the cache slots of each token and reads each request's
 context back through its block table (`inference.kernels.paged_attention`: Triton on CUDA,
 `inference.kernels.cpu_attention.paged_attention_sdpa` elsewhere).
+
+A batch-invariant step (`AttentionMetadata.invariant` set; CPU only) runs every matrix product over token
+rows on fixed row tiles and the flagged requests' attention on fixed shapes (`inference.kernels.invariant`),
+so a request's rows come out bit-identical whatever shares its step.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from inference.engine.lora import LoraBatch
+from inference.kernels import invariant as tiled
 from inference.kernels import paged_attention
 
 SUPPORTED = ("qwen2", "llama")
@@ -77,6 +82,12 @@ class AttentionMetadata:
     seq_lens: list[int]             # [B] context length after this step
     query_start_loc: list[int]      # [B + 1] offsets of each request's tokens in the flat batch
     device_lens: tuple[torch.Tensor, torch.Tensor] | None = None   # the two lists as int32 (Triton path)
+    # batch-invariant step: per request, whether its attention runs on fixed shapes (None: the mode is off)
+    invariant: list[bool] | None = None
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`F.linear`, over fixed row tiles in a batch-invariant step."""
+        return F.linear(x, weight, bias) if self.invariant is None else tiled.linear(x, weight, bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -174,14 +185,14 @@ class Transformer:
             h = rms_norm(x, layer.input_norm, c.rms_norm_eps)
             x.add_(self._attention(i, layer, h, cos, sin, attn, kv_cache[i], lora))   # x is this step's own
             h = rms_norm(x, layer.post_norm, c.rms_norm_eps)
-            x.add_(self._mlp(i, layer, h, lora))
+            x.add_(self._mlp(i, layer, h, attn, lora))
         return rms_norm(x, self.final_norm, c.rms_norm_eps)
 
     def _attention(self, i: int, layer: LayerWeights, h: torch.Tensor, cos, sin,
                    attn: AttentionMetadata, kv_cache: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
         c = self.config
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        qkv = F.linear(h, layer.qkv, layer.qkv_bias)                             # [T, q + 2 kv]
+        qkv = attn.linear(h, layer.qkv, layer.qkv_bias)                          # [T, q + 2 kv]
         if lora is not None:
             lora.apply(qkv[:, :q_dim], h, i, "q_proj")
             lora.apply(qkv[:, q_dim:q_dim + kv_dim], h, i, "k_proj")
@@ -193,26 +204,31 @@ class Transformer:
         k_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, k)
         v_cache.view(-1, c.num_kv_heads, c.head_dim).index_copy_(0, attn.slot_mapping, v)
         out = paged_attention(q, k_cache, v_cache, attn.block_tables, attn.seq_lens,
-                              attn.query_start_loc, c.head_dim ** -0.5, attn.device_lens, k, v).flatten(1)   # [T, q]
-        y = F.linear(out, layer.o, layer.o_bias)
+                              attn.query_start_loc, c.head_dim ** -0.5, attn.device_lens, k, v,
+                              attn.invariant).flatten(1)                                    # [T, q]
+        y = attn.linear(out, layer.o, layer.o_bias)
         if lora is not None:
             lora.apply(y, out, i, "o_proj")
         return y
 
-    def _mlp(self, i: int, layer: LayerWeights, h: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
+    def _mlp(self, i: int, layer: LayerWeights, h: torch.Tensor, attn: AttentionMetadata,
+             lora: LoraBatch | None) -> torch.Tensor:
         inter = self.config.intermediate_size
-        gate_up = F.linear(h, layer.gate_up, layer.gate_up_bias)                 # [T, 2 I]
+        gate_up = attn.linear(h, layer.gate_up, layer.gate_up_bias)              # [T, 2 I]
         if lora is not None:
             lora.apply(gate_up[:, :inter], h, i, "gate_proj")
             lora.apply(gate_up[:, inter:], h, i, "up_proj")
         act = F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])                # [T, I]
-        y = F.linear(act, layer.down, layer.down_bias)
+        y = attn.linear(act, layer.down, layer.down_bias)
         if lora is not None:
             lora.apply(y, act, i, "down_proj")
         return y
 
-    def label_logits(self, hidden: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
-        """hidden: [N, H], label_ids: [N, K] -> [N, K], computing only those rows of the head."""
+    def label_logits(self, hidden: torch.Tensor, label_ids: torch.Tensor, invariant: bool = False) -> torch.Tensor:
+        """hidden: [N, H], label_ids: [N, K] -> [N, K], computing only those rows of the head
+        (invariant: over fixed row tiles)."""
+        if invariant:
+            return tiled.label_logits(hidden, self.lm_head[label_ids])
         return torch.einsum("nh,nkh->nk", hidden, self.lm_head[label_ids])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,11 @@ class ModelRunner:
 
     The cache holds one block more than the pool hands out: the scratch block where padded rows of a
     CUDA-graph decode write their K/V.
+
+    Batch-invariant mode (`EngineConfig.batch_invariant`, the torch path only) applies to the steps that
+    prefill: their matrix products run on fixed row tiles and their prefilling requests' attention on fixed
+    shapes. A step of decodes only runs as before (a decode padded to a row tile costs too much, and no
+    score request decodes), as do decodes' attention inside a mixed step.
     """
 
     def __init__(self, model: Transformer, config: EngineConfig) -> None:
@@ -29,6 +34,10 @@ class ModelRunner:
             model.config.num_layers, config.max_adapter_slots, config.max_lora_rank,
             model.config.lora_dims(), model.embed.dtype, self.device)
         self.decode_graphs = self.new_decode_graphs(capture=True) if self._graphs_apply() else None
+        torch_path = not use_triton(model.embed)
+        if config.batch_invariant and not torch_path:
+            raise ValueError("EngineConfig.batch_invariant is a mode of the torch (CPU) path, not of the Triton kernels")
+        self.batch_invariant = torch_path if config.batch_invariant is None else config.batch_invariant
 
     def _graphs_apply(self) -> bool:
         return bool(self.config.cuda_graph_sizes) and self.device.type == "cuda" and use_triton(self.model.embed)
@@ -48,10 +57,10 @@ class ModelRunner:
             hidden = self.decode_graphs.run(chunks, block_tables, slot_of)  # [B, H], row b is chunks[b]
             return self._read_outputs(hidden, [(c, b) for b, c in enumerate(chunks) if c.completes_sequence])
         input_ids, positions, attn = self._prepare(chunks, block_tables)
-        lora = LoraBatch.for_step(self.lora_weights, self._segments(chunks, slot_of))
+        lora = LoraBatch.for_step(self.lora_weights, self._segments(chunks, slot_of), attn.invariant is not None)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache, lora)   # [T, H]
         sampled = [(c, attn.query_start_loc[b + 1] - 1) for b, c in enumerate(chunks) if c.completes_sequence]
-        return self._read_outputs(hidden, sampled)
+        return self._read_outputs(hidden, sampled, attn.invariant is not None)
 
     def _prepare(self, chunks: list[ScheduledChunk], block_tables: dict[str, list[int]]):
         """Flat inputs of the step; token positions and cache slots are computed as tensors, not per token."""
@@ -71,8 +80,10 @@ class ModelRunner:
         positions = torch.arange(starts[-1]) + offset[row]                                       # [T]
         slots = padded[row, positions // bs] * bs + positions % bs
         to_device = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        prefilling = [c.start < len(c.request.prompt_token_ids) for c in chunks]
         attn = AttentionMetadata(to_device(slots), to_device(padded), seq_lens, starts,
-                                 step_lens(seq_lens, starts, self.model.embed))
+                                 step_lens(seq_lens, starts, self.model.embed),
+                                 prefilling if self.batch_invariant and any(prefilling) else None)
         return to_device(torch.tensor(input_ids, dtype=torch.long)), to_device(positions), attn
 
     def _segments(self, chunks: list[ScheduledChunk], slot_of: dict[str, int]) -> list[LoraSegment]:
@@ -91,7 +102,8 @@ class ModelRunner:
             start = end
         return segments
 
-    def _read_outputs(self, hidden: torch.Tensor, sampled: list[tuple[ScheduledChunk, int]]) -> dict[str, StepResult]:
+    def _read_outputs(self, hidden: torch.Tensor, sampled: list[tuple[ScheduledChunk, int]],
+                      invariant: bool = False) -> dict[str, StepResult]:
         results: dict[str, StepResult] = {}
         scores = [(c.request, row) for c, row in sampled if c.request.kind is RequestKind.SCORE]
         gens = [(c.request, row) for c, row in sampled if c.request.kind is RequestKind.GENERATE]
@@ -99,7 +111,7 @@ class ModelRunner:
             group = [(r, row) for r, row in scores if len(r.label_token_ids) == num_labels]
             rows = torch.tensor([row for _, row in group], device=self.device)
             labels = torch.tensor([r.label_token_ids for r, _ in group], device=self.device)
-            logits = self.model.label_logits(hidden[rows], labels).float().cpu().tolist()   # [N, K]
+            logits = self.model.label_logits(hidden[rows], labels, invariant).float().cpu().tolist()   # [N, K]
             for (request, _), values in zip(group, logits):
                 results[request.request_id] = StepResult(request.request_id, label_logits=tuple(values))
         if gens:

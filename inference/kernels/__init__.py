@@ -76,14 +76,16 @@ def step_lens(seq_lens: list[int], query_start_loc: list[int],
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     seq_lens: list[int], query_start_loc: list[int], scale: float,
                     device_lens: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    k: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+                    k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                    fixed: list[bool] | None = None) -> torch.Tensor:
     """q: [T, Hq, D], caches: [num_blocks, block_size, Hkv, D] -> [T, Hq, D] (causal, paged, GQA).
 
-    `device_lens` (from `step_lens`) is only for the Triton path; the torch path uses the lists, and the
-    step's own `k`, `v` ([T, Hkv, D], already in the cache) where a request has no cached prefix.
+    `device_lens` (from `step_lens`) is only for the Triton path; the torch path uses the lists, the
+    step's own `k`, `v` ([T, Hkv, D], already in the cache) where a request has no cached prefix, and
+    `fixed` (batch-invariant mode: per request, whether it runs on fixed shapes; torch path only).
     """
     if use_triton(q):
         from inference.kernels.paged_attention import paged_attention_triton
         return paged_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
                                       device_lens)
-    return paged_attention_sdpa(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, k, v)
+    return paged_attention_sdpa(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, k, v, fixed)

@@ -16,11 +16,16 @@ when given, as a view of the flat batch; the others gather their K/V from the pa
 GQA: prefill passes `enable_gqa`; decode folds each kv head's query heads into its query rows (one query
 per request needs no causal mask), which torch's CPU kernel runs several times faster in bfloat16 than
 `enable_gqa` with one query row.
+
+Requests flagged in `fixed` (batch-invariant mode, `inference.kernels.invariant`) leave the groups: each runs
+alone on shapes that depend on itself only (`attend_fixed`), so its rows do not change with the batch.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from inference.kernels.invariant import attend_fixed
 
 PIECE_ROWS, MAX_PIECES = 64, 6    # a prefill chunk of n queries runs as min(ceil(n / 64), 6) pieces
 
@@ -28,13 +33,19 @@ PIECE_ROWS, MAX_PIECES = 64, 6    # a prefill chunk of n queries runs as min(cei
 def paged_attention_sdpa(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          block_tables: torch.Tensor, seq_lens: list[int],
                          query_start_loc: list[int], scale: float,
-                         k: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+                         k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                         fixed: list[bool] | None = None) -> torch.Tensor:
     """q: [T, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D] -> [T, Hq, D].
 
     k, v: [T, Hkv, D], the step's own keys and values (already written to the cache), or None.
+    fixed: per request, whether it runs on batch-invariant fixed shapes (None: none does).
     """
     out = torch.empty_like(q)
-    for members, n, ctx in _groups(seq_lens, query_start_loc):
+    for b in [b for b, flag in enumerate(fixed or ()) if flag]:
+        start, stop = query_start_loc[b], query_start_loc[b + 1]
+        keys, values = (_gather(c, block_tables, [b], seq_lens[b])[0] for c in (k_cache, v_cache))
+        out[start:stop] = attend_fixed(q[start:stop], keys, values, scale)
+    for members, n, ctx in _groups(seq_lens, query_start_loc, fixed):
         rows = _rows([query_start_loc[b] for b in members], n, q.device)
         if n == ctx and k is not None:   # no cached prefix: this step's K/V are the whole context
             keys, values = (_step_view(t, rows, len(members), n) for t in (k, v))
@@ -60,12 +71,15 @@ def paged_attention_sdpa(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     return out
 
 
-def _groups(seq_lens: list[int], query_start_loc: list[int]) -> list[tuple[list[int], int, int]]:
-    """(request indices, new tokens each, context length to gather) per SDPA call."""
+def _groups(seq_lens: list[int], query_start_loc: list[int],
+            fixed: list[bool] | None = None) -> list[tuple[list[int], int, int]]:
+    """(request indices, new tokens each, context length to gather) per SDPA call; `fixed` requests left out."""
     decodes: list[int] = []
     prefills: dict[tuple[int, int], list[int]] = {}
     for b, seq_len in enumerate(seq_lens):
         n = query_start_loc[b + 1] - query_start_loc[b]
+        if fixed and fixed[b]:
+            continue
         if n == 1:
             decodes.append(b)
         elif n > 1:

@@ -53,3 +53,19 @@ def test_sdpa_paged_attention_with_the_steps_own_kv_matches_the_cache_path(dtype
     atol, rtol = TOLERANCES.get(dtype, (1e-12, 1e-12))
     torch.testing.assert_close(paged_attention_sdpa(q, k_cache, v_cache, tables, seq_lens, starts, 0.2, k, v),
                                expected, atol=atol, rtol=rtol)
+
+
+def _all_fixed(q, k_cache, v_cache, tables, seq_lens, starts, scale):
+    """`paged_attention_sdpa` with every request on the batch-invariant fixed shapes."""
+    return paged_attention_sdpa(q, k_cache, v_cache, tables, seq_lens, starts, scale, fixed=[True] * len(seq_lens))
+
+
+@pytest.mark.parametrize("mode, group", itertools.product(CASES, (1, 3)))
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_fixed_shape_attention_matches_reference(dtype, group, mode):
+    assert_matches_reference(_all_fixed, dtype, 8, group, CASES[mode])
+
+
+def test_fixed_shape_attention_ignores_blocks_outside_live_contexts():
+    before, after = outputs_before_and_after_overwriting_unread_blocks(_all_fixed, BATCHES["mixed"])
+    torch.testing.assert_close(before, after, atol=0, rtol=0)
