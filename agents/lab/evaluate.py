@@ -73,6 +73,11 @@ def numeric_array(examples: Sequence[Example]) -> np.ndarray:
     return np.asarray([e.request.numeric.as_tuple() for e in examples])
 
 
+def example_clusters(examples: Sequence[Example], cluster_s: int = 300) -> np.ndarray:
+    """One cluster per symbol and `cluster_s` block of event time: [N] labels."""
+    return np.asarray([f"{e.request.symbol}:{e.ts_ns // (cluster_s * NS_PER_S)}" for e in examples])
+
+
 def fitted_weights(scorer: Scorer, train: Sequence[Example], opts: EvalOptions) -> tuple[FusionWeights, dict]:
     """Fusion weights fitted on (an evenly spaced subset of) the training part, and what the fit saw."""
     step = max(1, -(-len(train) // opts.fit_max))
