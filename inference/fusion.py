@@ -16,16 +16,17 @@ adapter on any market, even one where it only adds noise. So:
   one pair for prompts with news, one for prompts without. `fit_discounted` picks the least-log-loss
   weights on the grid, but keeps an LLM weight above 0 only if it lowers the held-out log-loss by more
   than two cluster-robust standard errors against the best numeric-only fit (w_llm = 0): an adapter
-  whose gain is within the noise is not trusted at all. Log-loss is proper, so the fit also keeps the
-  fused forecast's log-loss at or below the better component's on the held-out part (both are points
-  of the grid: numeric is (1, 0), the LLM alone is (0, 1)).
+  whose gain is within the noise is not trusted at all. A trusted fit's fused log-loss is at most
+  either component's on the held-out part (both are points of the grid: numeric is (1, 0), the LLM
+  alone (0, 1)); an untrusted one's at most numeric's.
 - Prompts without news (`request.news_ids` empty) use the adapter's fitted no-news pair, and get LLM
-  weight 0 where no fit is known (an adapter without a card's `fusion`): on these markets the only
-  information the language model can add to the numeric forecast is the news; without it the prompt
-  holds only the market features the numeric forecast already uses, so the model's opinion is at
-  best a copy and at worst noise (and a market whose bars carry no news, or that the adapter never
-  saw, is exactly where an unvetted model is overconfident). The fitted no-news weights on the
-  synthetic tapes come out 0 (bench/RESULTS.md, "Forecast quality on SmolLM2-135M").
+  weight 0 where there is no fit (an adapter without a card's `fusion`, or too few held-out prompts
+  without news to fit on: on the synthetic training tape every prompt has news, so the shipped cards'
+  no-news pairs are this rule's). Why 0: on these markets the only information the language model
+  can add to the numeric forecast is the news; without it the prompt holds only the market features
+  the numeric forecast already uses, so the model's opinion is at best a copy and at worst noise,
+  and an adapter fine-tuned on headlines is overconfident exactly there (bars without news, a market
+  it never saw). A fitted pair replaces the rule once held-out prompts without news show otherwise.
 - FINLLM_FUSION_W_NUMERIC / FINLLM_FUSION_W_LLM, when set, override all of this for every request.
   Adapters without a card's `fusion` use `FusionWeights()` for prompts with news.
 
