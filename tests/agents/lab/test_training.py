@@ -22,3 +22,25 @@ def test_the_shipped_routing_follows_the_sectors():
 def test_a_split_with_an_empty_side_is_a_training_error(tmp_path):
     with pytest.raises(TrainingError, match="both sides of the split: 0 train, 0 test"):
         train_on_split(tmp_path, Split((), (), 0), tmp_path / "out", None, task="direction", tape="none")
+
+
+@pytest.mark.parametrize("args, folder, bf16", [((), "", False), (("--model", "smollm2-135m"), "smollm2-135m", True),
+                                                (("--model", "smollm2-135m", "--no-bf16-lower"), "smollm2-135m", False)])
+def test_build_defaults_writes_each_base_models_set_in_its_own_folder(monkeypatch, args, folder, bf16):
+    from click.testing import CliRunner
+
+    import agents.lab.training as training
+    from agents.cli import cli
+    from inference.adapters.shipped import SHIPPED_DIR
+
+    seen = {}
+
+    def fake(out, log, model, *, train_every, bf16_lower):
+        seen.update(out=out, model=model, train_every=train_every, bf16_lower=bf16_lower)
+        return {}
+
+    monkeypatch.setattr(training, "build_default_adapters", fake)
+    monkeypatch.delenv("FINLLM_MODEL", raising=False)
+    result = CliRunner().invoke(cli, ["adapters", "build-defaults", "--train-every", "2", *args])
+    assert result.exit_code == 0, result.output
+    assert seen["out"] == (SHIPPED_DIR / folder).resolve() and seen["bf16_lower"] is bf16 and seen["train_every"] == 2
