@@ -162,11 +162,25 @@ def build_default_adapters(out: Path, log: Callable[[str], None], model: str | N
             made[name] = _build(model_dir, _sector(splits[task], symbols), out / name, first if symbols is None else then,
                                 task, tape_name, init if symbols is None else str(made[f"{task}-all"]), log, cache,
                                 _sector(splits["direction"], symbols).test)
-    # The pipeline routes to the sentiment adapters: on the synthetic tapes they carry the news signal
-    # (the direction fine-tunes come out calibrated but close to uniform; see bench/RESULTS.md).
-    routes = {s: f"{ROUTED_TASK}-{sector}" for sector, symbols in SECTORS.items() for s in symbols}
-    write_routing(out, Routing(made, routes, f"{ROUTED_TASK}-all", SECTORS, ROUTED_TASK))
+    write_routing(out, Routing(made, trusted_routes(made), f"{ROUTED_TASK}-all", SECTORS, ROUTED_TASK))
     return made
+
+
+def trusted_routes(made: dict[str, Path]) -> dict[str, str]:
+    """Symbol -> adapter of the routed task: its sector's, unless that one's held-out fusion fit did not trust
+    it (LLM weight 0 on prompts with news: a sector fine-tune's few hundred held-out forecasts may not show a
+    gain) while the all-sector adapter's did; then the all-sector one. Adapters without a fitted `fusion`
+    (older cards) count as trusted."""
+    from inference.adapters.train import read_card
+
+    def trusted(name: str) -> bool:
+        fusion = read_card(made[name]).get("fusion")
+        return fusion is None or fusion["news"]["llm"] > 0
+
+    fallback = f"{ROUTED_TASK}-all"
+    return {symbol: name if trusted(name) or not trusted(fallback) else fallback
+            for sector, symbols in SECTORS.items() for symbol in symbols
+            for name in [f"{ROUTED_TASK}-{sector}"]}
 
 
 def _thinned(split: Split, every: int) -> Split:
