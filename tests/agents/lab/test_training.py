@@ -44,3 +44,24 @@ def test_build_defaults_writes_each_base_models_set_in_its_own_folder(monkeypatc
     result = CliRunner().invoke(cli, ["adapters", "build-defaults", "--train-every", "2", *args])
     assert result.exit_code == 0, result.output
     assert seen["out"] == (SHIPPED_DIR / folder).resolve() and seen["bf16_lower"] is bf16 and seen["train_every"] == 2
+
+
+def test_routes_go_to_a_sector_adapter_only_when_its_fusion_fit_trusts_it(tmp_path):
+    from agents.lab.training import trusted_routes
+    from inference.adapters.train import write_card
+
+    def adapter(name, llm):
+        (tmp_path / name).mkdir()
+        fusion = None if llm is None else {"news": {"numeric": 1.0, "llm": llm}, "no_news": {"numeric": 1.0, "llm": 0.0}}
+        write_card(tmp_path / name, {"fusion": fusion} if fusion else {})
+        return tmp_path / name
+
+    made = {"direction-all": adapter("direction-all", 0.4), "direction-technology": adapter("direction-technology", 0.8),
+            "direction-industrials": adapter("direction-industrials", 0.0),
+            "direction-healthcare": adapter("direction-healthcare", None), "direction-consumer": adapter("c", 0.0)}
+    routes = trusted_routes(made)
+    assert {routes[s] for s in SECTORS["technology"]} == {"direction-technology"}
+    assert {routes[s] for s in SECTORS["industrials"]} == {"direction-all"}
+    assert {routes[s] for s in SECTORS["healthcare"]} == {"direction-healthcare"}   # no fit: as before
+    write_card(made["direction-all"], {"fusion": {"news": {"numeric": 1.0, "llm": 0.0}}})
+    assert {trusted_routes(made)[s] for s in SECTORS["consumer"]} == {"direction-consumer"}  # nothing trusted
