@@ -87,7 +87,8 @@ def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, mode
     llm = _published(_probs(result))
     status = "ok" if llm is not None else "expired" if result is not None and result.expired else "llm_error"
     deep_probs = _published(_probs(deep))
-    fused = _published(fuse(request.numeric, deep_probs or llm, policy.weights))
+    fused = _published(fuse(request.numeric, deep_probs or llm,
+                              policy.weights_for(request.adapter, bool(request.news_ids))))
     now = time.time_ns()
     latency = Latency(queue_ms=(picked_wall_ns - request.created_wall_ns) / 1e6, inference_ms=inference_ms,
                       total_ms=(now - request.ingest_wall_ns) / 1e6, deep_ms=deep_ms)
@@ -288,7 +289,8 @@ async def main_async() -> None:
     kafka = KafkaSettings.from_env()
     cfg = WorkerConfig.from_env()
     scorer = configured_scorer(cfg)
-    worker = InferenceWorker(kafka, os.environ.get("FINLLM_REDIS_URL"), scorer, cfg, FusionPolicy.from_env())
+    worker = InferenceWorker(kafka, os.environ.get("FINLLM_REDIS_URL"), scorer, cfg,
+                             FusionPolicy.from_env(dict(cfg.adapters)))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)

@@ -130,8 +130,11 @@ class NewsPlan:
 
 
 def synth_tape(symbols: int, minutes: float, seed: int, start_ns: int = START_NS,
-               config: SynthConfig = SynthConfig()) -> Tape:
-    """A synthetic tape of `symbols` tickers (COMPANIES order) over `minutes`, with truth."""
+               config: SynthConfig = SynthConfig(), news: bool = True) -> Tape:
+    """A synthetic tape of `symbols` tickers (COMPANIES order) over `minutes`, with truth.
+
+    `news` False: the same market (same seed, same ticks, jumps included) without its news and truth:
+    bars no headline explains, where a language model reading the prompts has nothing to go on."""
     if not 1 <= symbols <= len(COMPANIES):
         raise ValueError(f"symbols must be in 1..{len(COMPANIES)}, got {symbols}")
     rng = np.random.default_rng(seed)
@@ -140,12 +143,14 @@ def synth_tape(symbols: int, minutes: float, seed: int, start_ns: int = START_NS
     plan = _plan_news(rng, symbols, seconds, base_vol_s * math.sqrt(60), config)
     market = _simulate_market(rng, seconds, base_vol_s, _jump_grid(plan, seconds, symbols), config)
     ticks = pl.concat([_trades(rng, market, start_ns), _quotes(rng, market, config, start_ns)])
-    news, truth = _news_frames(rng, plan, seed, start_ns, config)
-    return Tape.from_frames(ticks, news, truth, origin=f"synth(seed={seed})")
+    news_frame, truth = _news_frames(rng, plan, seed, start_ns, config)
+    if not news:
+        return Tape.from_frames(ticks, news_frame.head(0), truth.head(0), origin=f"synth(seed={seed}, no news)")
+    return Tape.from_frames(ticks, news_frame, truth, origin=f"synth(seed={seed})")
 
 
-def write_synth_tape(path: pathlib.Path | str, symbols: int, minutes: float, seed: int) -> Tape:
-    tape = synth_tape(symbols, minutes, seed)
+def write_synth_tape(path: pathlib.Path | str, symbols: int, minutes: float, seed: int, news: bool = True) -> Tape:
+    tape = synth_tape(symbols, minutes, seed, news=news)
     tape.write(path)
     return tape
 

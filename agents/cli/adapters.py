@@ -54,17 +54,31 @@ def train(tape_dir: Path, out: Path, model: str | None, task: str, rank: int, ep
 
 
 @adapters.command(name="build-defaults")
-@click.option("--out", type=click.Path(path_type=Path), help="Default: the shipped folder inference/data/adapters/tiny.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Default: the model's shipped folder, inference/data/adapters/<model name>.")
+@model_option()
+@click.option("--train-every", default=1, show_default=True,
+              help="Train on every n-th training example only (held-out parts stay whole).")
+@click.option("--bf16-lower/--no-bf16-lower", default=None,
+              help="Run the frozen layers under bfloat16 autocast (default: on for every model but tiny).")
 @click.option("--threads", type=int, default=1, show_default=True)
-def build_defaults(out: Path | None, threads: int) -> None:
-    """Rebuild the shipped adapters: per task, one over all sectors, then one per sector started from it."""
+def build_defaults(out: Path | None, model: str | None, train_every: int, bf16_lower: bool | None,
+                   threads: int) -> None:
+    """Rebuild the shipped adapters: per task, one over all sectors, then one per sector started from it;
+    each card holds the fusion weights fitted on its held-out part."""
     from agents.lab.training import TrainingError, build_default_adapters, set_threads
     from inference.adapters.shipped import shipped_dir
+    from inference.checkpoints import registered_name
 
     set_threads(threads)
-    out = (out or shipped_dir("tiny")).resolve()
+    name = registered_name(model)
+    if out is None and name is None:
+        raise click.UsageError(f"{model} is not a registered model: say where the adapters go with --out")
+    out = (out or shipped_dir(name)).resolve()
+    tiny = name == "tiny"
     try:
-        made = build_default_adapters(out, lambda line: click.echo(line, err=True))
+        made = build_default_adapters(out, lambda line: click.echo(line, err=True), model, train_every=train_every,
+                                      bf16_lower=not tiny if bf16_lower is None else bf16_lower)
     except TrainingError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{len(made)} adapters and routing.json in {out}")

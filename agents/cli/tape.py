@@ -16,11 +16,12 @@ def tape() -> None:
 @click.option("--symbols", default=4, show_default=True)
 @click.option("--minutes", default=30.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def synth(out: Path, symbols: int, minutes: float, seed: int) -> None:
+@click.option("--no-news", is_flag=True, help="The same market without its news (no headline explains a jump).")
+def synth(out: Path, symbols: int, minutes: float, seed: int, no_news: bool) -> None:
     """Generate a synthetic tape (same seed, same bytes)."""
     from streams.synth import write_synth_tape
 
-    made = write_synth_tape(out, symbols, minutes, seed)
+    made = write_synth_tape(out, symbols, minutes, seed, news=not no_news)
     click.echo(f"{out}: {made.ticks.height} ticks, {made.news.height} news, {len(made.symbols)} symbols")
 
 

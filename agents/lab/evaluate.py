@@ -5,11 +5,16 @@ numeric forecast, same adapter routing); a `Scorer` scores them and `inference.f
 fuses them, exactly as the inference worker does, only without the broker. Labels are the moves
 after each prompt's time. Every metric carries a 95% cluster-bootstrap interval (clusters: one
 symbol over `cluster_s` of event time). Baselines are fitted on the training part only.
+
+Rows: numeric; the language model zero-shot (`llm_zero_shot`: the same prompts, no adapter); with its
+routed adapter (`llm`); fused (each forecast with its adapter's fitted weights, as the worker fuses:
+`FusionPolicy.weights_for`); the baselines. `targets` says which of issue #15's targets the figures meet.
+`max_forecasts` evaluates an evenly spaced subset of the held-out forecasts (a large model on a CPU).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -21,12 +26,12 @@ from agents.features import Features
 from agents.lab.quality import (accuracy, cluster_resamples, evaluate_forecast, interval, label_frequencies,
                                 paired_difference)
 from agents.signal import numeric_probs
-from inference.fusion import FusionWeights, fit_weights, fuse_arrays
+from inference.fusion import FusionPolicy, FusionWeights, fit_weights, fuse_arrays
 from inference.scorers.base import ScoreItem, Scorer
 from schemas import DIRECTIONS
 from streams.tape import Tape
 
-FORECASTS = ("numeric", "llm", "fused")
+FORECASTS = ("numeric", "llm_zero_shot", "llm", "fused")
 BASELINES = ("majority", "momentum_sign", "random_walk")
 
 
@@ -37,8 +42,9 @@ class EvalOptions:
     seed: int = 0
     cluster_s: int = 300
     batch_size: int = 64
-    weights: FusionWeights = field(default_factory=FusionWeights)
-    fit_weights: bool = False   # fit the fusion weights on the training part (log-loss) instead of `weights`
+    policy: FusionPolicy = field(default_factory=FusionPolicy)   # per adapter and news / no news
+    fit_weights: bool = False   # fit global fusion weights on the training part (log-loss) instead of `policy`
+    max_forecasts: int | None = None   # evaluate at most this many held-out forecasts (evenly spaced)
     fit_max: int = 2000         # at most this many training forecasts scored for that fit (evenly spaced)
 
 
@@ -53,17 +59,27 @@ def evaluate_tape(tape: Tape, cfg: AgentsConfig, scorer: Scorer, opts: EvalOptio
     test = list(split.test)
     if not test or not split.train:
         raise ValueError(f"too few labelled forecasts to split: {len(split.train)} train, {len(test)} test")
-    weights, fit = fitted_weights(scorer, split.train, opts) if opts.fit_weights else (opts.weights, None)
+    held_out = len(test)
+    if opts.max_forecasts and held_out > opts.max_forecasts:
+        test = test[::-(-held_out // opts.max_forecasts)]
+    policy, fit = opts.policy, None
+    if opts.fit_weights:
+        weights, fit = fitted_weights(scorer, split.train, opts)
+        policy = replace(policy, weights=weights, override=True)
     llm, latency_ms = score_examples(scorer, test, opts.batch_size)
+    routed = any(e.request.adapter for e in test)
+    zero_shot = score_examples(scorer, test, opts.batch_size, adapter=False)[0] if routed else llm
     numeric = numeric_array(test)                                                           # [N, L]
-    fused = fuse_arrays(numeric, llm, weights)
+    fused = fuse_by_policy(test, numeric, llm, policy)
     y = label_array(test)                                                                   # [N]
-    probs = {"numeric": numeric, "llm": llm, "fused": fused, **baselines(split.train, test, cfg)}
+    probs = {"numeric": numeric, "llm_zero_shot": zero_shot, "llm": llm, "fused": fused,
+             **baselines(split.train, test, cfg)}
     frame = forecast_frame(test, probs, latency_ms)
     frame = frame.with_columns(latency_adjusted_labels(tape, frame, cfg).alias("label_latency_adjusted"))
     report = build_report(frame, probs, y, opts) | {
         "split_ts_ns": split.split_ts_ns, "train_forecasts": len(split.train), "scorer": scorer.model_name,
-        "fusion_weights": {"numeric": weights.numeric, "llm": weights.llm, "fitted": fit},
+        "held_out_forecasts": held_out, "with_news": int(sum(bool(e.request.news_ids) for e in test)),
+        "fusion_weights": used_weights(test, policy) | {"fitted": fit},
         "horizon_s": cfg.horizon_s, "flat_bps": cfg.flat_bps,
         "latency_ms": {"p50": float(np.percentile(latency_ms, 50)), "p99": float(np.percentile(latency_ms, 99))}}
     return Evaluation(report, frame)
@@ -73,21 +89,50 @@ def numeric_array(examples: Sequence[Example]) -> np.ndarray:
     return np.asarray([e.request.numeric.as_tuple() for e in examples])
 
 
+def example_clusters(examples: Sequence[Example], cluster_s: int = 300) -> np.ndarray:
+    """One cluster per symbol and `cluster_s` block of event time: [N] labels."""
+    return np.asarray([f"{e.request.symbol}:{e.ts_ns // (cluster_s * NS_PER_S)}" for e in examples])
+
+
 def fitted_weights(scorer: Scorer, train: Sequence[Example], opts: EvalOptions) -> tuple[FusionWeights, dict]:
     """Fusion weights fitted on (an evenly spaced subset of) the training part, and what the fit saw."""
     step = max(1, -(-len(train) // opts.fit_max))
     rows = list(train[::step])
     llm, _ = score_examples(scorer, rows, opts.batch_size)
     weights, loss = fit_weights(numeric_array(rows), llm, label_array(rows))
-    return weights, {"forecasts": len(rows), "logloss": loss}
+    return weights, {"forecasts": len(rows), "logloss": loss, "numeric": weights.numeric, "llm": weights.llm}
 
 
-def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """LLM label probabilities [N, L] and, per item, the wall time of the batch that scored it (ms) [N]."""
+def fuse_by_policy(examples: Sequence[Example], numeric: np.ndarray, llm: np.ndarray,
+                   policy: FusionPolicy) -> np.ndarray:
+    """Fused probabilities [N, L], each row with the weights the worker would use for its request."""
+    fused = np.empty_like(numeric)
+    rows_of: dict[FusionWeights, list[int]] = {}
+    for row, e in enumerate(examples):
+        rows_of.setdefault(policy.weights_for(e.request.adapter, bool(e.request.news_ids)), []).append(row)
+    for weights, rows in rows_of.items():
+        fused[rows] = fuse_arrays(numeric[rows], llm[rows], weights)
+    return fused
+
+
+def used_weights(examples: Sequence[Example], policy: FusionPolicy) -> dict:
+    """How many forecasts were fused with which (numeric, llm) weights."""
+    counts: dict[str, int] = {}
+    for e in examples:
+        w = policy.weights_for(e.request.adapter, bool(e.request.news_ids))
+        key = f"{w.numeric}/{w.llm}"
+        counts[key] = counts.get(key, 0) + 1
+    return {"numeric/llm": counts, "override": policy.override}
+
+
+def score_examples(scorer: Scorer, examples: Sequence[Example], batch_size: int,
+                   adapter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """LLM label probabilities [N, L] and, per item, the wall time of the batch that scored it (ms) [N];
+    `adapter` False: the base model's (every request scored without its adapter)."""
     probs, latency_ms = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        items = [ScoreItem(e.request.id, e.request.prompt, e.request.adapter) for e in chunk]
+        items = [ScoreItem(e.request.id, e.request.prompt, e.request.adapter if adapter else None) for e in chunk]
         started = time.perf_counter()
         results = scorer.score(items)
         elapsed_ms = (time.perf_counter() - started) * 1e3
@@ -164,10 +209,24 @@ def build_report(frame: pl.DataFrame, probs: dict[str, np.ndarray], y: np.ndarra
     widest = max(report[n]["mcc_ci"][1] - report[n]["mcc_ci"][0] for n in ("fused", "numeric"))
     report["fused_vs_numeric_mcc"] = diff | {"widest_interval": widest,
                                              "beats_by_more_than_interval": diff["difference"] > widest}
+    report["targets"] = targets(report)
     report["latency_adjusted_hit_rate"] = _latency_adjusted(frame, probs, opts)
     report["n"] = int(y.size)
     report["label_shares"] = {label: float((y == at).mean()) for at, label in enumerate(DIRECTIONS)}
     return report
+
+
+def targets(report: dict) -> dict[str, bool]:
+    """Issue #15's targets on these figures: fused beats numeric on MCC by more than the widest interval;
+    fused log-loss at most the best component's; fused MCC not below the interval of the LLM alone; and,
+    for a tape where the LLM may carry nothing, fused not worse than numeric beyond the interval (the
+    paired interval of fused - numeric MCC reaches 0 or above, and log-loss within numeric's interval)."""
+    fused, numeric, llm = report["fused"], report["numeric"], report["llm"]
+    diff = report["fused_vs_numeric_mcc"]
+    return {"fused_beats_numeric_mcc": bool(diff["beats_by_more_than_interval"]),
+            "fused_logloss_at_most_best_component": fused["logloss"] <= min(numeric["logloss"], llm["logloss"]),
+            "fused_mcc_not_below_llm_interval": fused["mcc"] >= llm["mcc_ci"][0],
+            "fused_not_worse_than_numeric": bool(diff["ci"][1] >= 0 and fused["logloss"] <= numeric["logloss_ci"][1])}
 
 
 def _clusters(frame: pl.DataFrame, cluster_s: int) -> np.ndarray:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from agents.config import AgentsConfig
-from agents.lab.examples import Example, Split, build_examples, label_array, split_by_time
+from agents.lab.examples import (Example, Split, build_examples, label_array, label_requests,
+                                 requests_from_tape, split_by_time)
 from streams.synth import COMPANIES, SECTOR_OF, synth_tape
 
 # Sectors of the synthetic tickers, in the order of their first company; shipped adapters follow them.
@@ -41,25 +42,63 @@ def train_from_tape(tape_dir: Path, out: Path, model: str | None, task: str, tcf
 
 
 def train_on_split(model_dir: Path, split: Split, out: Path, tcfg, *, task: str, tape: str,
-                   init_from: str | None = None) -> dict:
-    """Train on `split.train`, score `split.test` with the trained adapter, write the adapter and its card."""
+                   init_from: str | None = None, cache=None, fusion_rows: Sequence[Example] | None = None) -> dict:
+    """Train on `split.train`, score `split.test` with the trained adapter, write the adapter and its card.
+
+    `cache`: an `InputCache` shared with the other adapters of the same base (each prompt then runs
+    through the frozen layers once). The card's `fusion` holds the fusion weights fitted on held-out
+    direction examples (`fusion_rows`; default: `split.test` of a direction adapter), see `fit_fusion`."""
     from agents.lab.quality import label_frequencies, point_metrics
-    from inference.adapters.train import LabelHeadTrainer, base_card, write_card
+    from inference.adapters.train import InputCache, LabelHeadTrainer, base_card, write_card
 
     if not split.train or not split.test:
         raise TrainingError(f"need examples on both sides of the split: {len(split.train)} train, "
                             f"{len(split.test)} test")
+    cache = cache if cache is not None else InputCache()
     trainer = LabelHeadTrainer(model_dir, tcfg, init_from)
-    stats = trainer.fit(trainer.cache_inputs([e.request.prompt for e in split.train]), [e.label for e in split.train])
+    stats = trainer.fit(cache.inputs(trainer, _prompts(split.train)), [e.label for e in split.train])
     trainer.save(out)
-    probs = np.asarray(trainer.predict(trainer.cache_inputs([e.request.prompt for e in split.test])))
+    probs = np.asarray(trainer.predict(cache.inputs(trainer, _prompts(split.test))))
     y = label_array(split.test)
     majority = np.tile(label_frequencies(label_array(split.train)), (len(split.test), 1))
     card = base_card(model_dir, tcfg, stats) | {
         "name": out.name, "task": task, "init_from": init_from, "data": _data_card(split, tape),
         "metrics": {"test": _rounded(point_metrics(probs, y)), "majority": _rounded(point_metrics(majority, y))}}
+    rows = split.test if fusion_rows is None and task == "direction" else fusion_rows or ()
+    card["fusion"] = fit_fusion(trainer, cache, rows, read_card_fusion(init_from))
     write_card(out, card)
     return card
+
+
+def _prompts(examples: Sequence[Example]) -> list[str]:
+    return [e.request.prompt for e in examples]
+
+
+def fit_fusion(trainer, cache, rows: Sequence[Example], fallback: dict | None = None) -> dict:
+    """The adapter's fusion weights (`inference.fusion.fit_discounted`) on held-out direction examples,
+    separately for prompts with news and without; a side with too few rows keeps `fallback`'s (the card
+    of the adapter this one started from) when there is one."""
+    from agents.lab.evaluate import example_clusters, numeric_array
+    from inference.fusion import MIN_FIT_ROWS, AdapterFusion, fit_discounted
+
+    fitted, seen = {}, {}
+    for side, part in (("news", [e for e in rows if e.request.news_ids]),
+                       ("no_news", [e for e in rows if not e.request.news_ids])):
+        llm = np.asarray(trainer.predict(cache.inputs(trainer, _prompts(part)))) if part else np.zeros((0, 3))
+        weights, seen[side] = fit_discounted(numeric_array(part).reshape(-1, 3), llm, label_array(part),
+                                             example_clusters(part))
+        if seen[side]["rows"] < MIN_FIT_ROWS and fallback:
+            fitted[side] = fallback[side]
+            seen[side]["inherited"] = True
+        else:
+            fitted[side] = {"numeric": weights.numeric, "llm": weights.llm}
+    return AdapterFusion.from_json(fitted).to_json() | {"fit": seen}
+
+
+def read_card_fusion(adapter_dir: str | None) -> dict | None:
+    from inference.adapters.train import read_card
+
+    return read_card(adapter_dir).get("fusion") if adapter_dir else None
 
 
 def _data_card(split: Split, tape: str) -> dict:
@@ -95,39 +134,83 @@ def _model_dir(model: str | None) -> Path:
     return resolve_model_dir(model)
 
 
-def build_default_adapters(out: Path, log: Callable[[str], None]) -> dict[str, Path]:
-    """Rebuild the shipped adapters in `out`: per task, one over all sectors, then one per sector started
-    from it; writes routing.json and returns adapter name -> folder. `log` gets a line per adapter."""
+def build_default_adapters(out: Path, log: Callable[[str], None], model: str | None = None, *,
+                           train_every: int = 1, bf16_lower: bool = False) -> dict[str, Path]:
+    """Rebuild the shipped adapters of base `model` (None: the default) in `out`: per task, one over all
+    sectors, then one per sector started from it; writes routing.json and returns adapter name -> folder.
+    `train_every`: train on every n-th training example only (a larger model costs more per prompt; the
+    held-out parts stay whole). `log` gets a line per adapter."""
     from inference.adapters.shipped import Routing, write_routing
-    from inference.adapters.train import TrainConfig
+    from inference.adapters.train import InputCache, TrainConfig
 
-    cfg, model_dir = AgentsConfig(), _model_dir(None)
+    cfg, model_dir = AgentsConfig(), _model_dir(model)
     tape = synth_tape(**DEFAULT_TRAIN_TAPE)
     tape_name = "synth_tape({symbols}, {minutes}, seed={seed})".format(**DEFAULT_TRAIN_TAPE)
-    made: dict[str, Path] = {}
-    for task, first, then in (("sentiment", TrainConfig(rank=16, alpha=32, epochs=20, learning_rate=3e-3),
-                               TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3)),
-                              ("direction", TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3),
-                               TrainConfig(rank=16, alpha=32, epochs=1, learning_rate=5e-4))):
-        split = split_by_time(build_examples(tape, cfg, task), 0.2, cfg.horizon_s)
+    requests = requests_from_tape(tape, cfg)
+    splits = {task: _thinned(split_by_time(label_requests(tape, requests, cfg, task), 0.2, cfg.horizon_s), train_every)
+              for task in ("sentiment", "direction")}
+    cache, made = InputCache(), {}
+    for task, first, then in (("sentiment", TrainConfig(rank=16, alpha=32, epochs=20, learning_rate=3e-3,
+                                                        bf16_lower=bf16_lower),
+                               TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3, bf16_lower=bf16_lower)),
+                              ("direction", TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3,
+                                                        bf16_lower=bf16_lower),
+                               TrainConfig(rank=16, alpha=32, epochs=1, learning_rate=5e-4, bf16_lower=bf16_lower))):
         init = str(made["sentiment-all"]) if task == "direction" else None
-        made[f"{task}-all"] = _build(model_dir, split, out / f"{task}-all", first, task, tape_name, init, log)
-        for sector, symbols in SECTORS.items():
-            part = Split(*(tuple(e for e in side if e.request.symbol in symbols) for side in (split.train, split.test)),
-                         split.split_ts_ns)
-            made[f"{task}-{sector}"] = _build(model_dir, part, out / f"{task}-{sector}", then, task, tape_name,
-                                             str(made[f"{task}-all"]), log)
-    # The pipeline routes to the sentiment adapters: on the synthetic tapes they carry the news signal
-    # (the direction fine-tunes come out calibrated but close to uniform; see bench/RESULTS.md).
-    routes = {s: f"{ROUTED_TASK}-{sector}" for sector, symbols in SECTORS.items() for s in symbols}
-    write_routing(out, Routing(made, routes, f"{ROUTED_TASK}-all", SECTORS, ROUTED_TASK))
+        for sector, symbols in {"all": None, **SECTORS}.items():
+            name = f"{task}-{sector}"
+            made[name] = _build(model_dir, _sector(splits[task], symbols), out / name, first if symbols is None else then,
+                                task, tape_name, init if symbols is None else str(made[f"{task}-all"]), log, cache,
+                                _sector(splits["direction"], symbols).test)
+    write_routing(out, Routing(made, trusted_routes(made), f"{ROUTED_TASK}-all", SECTORS, ROUTED_TASK))
     return made
 
 
+def trusted_routes(made: dict[str, Path]) -> dict[str, str]:
+    """Symbol -> adapter of the routed task: its sector's, unless that one's held-out fusion fit did not trust
+    it (LLM weight 0 on prompts with news: a sector fine-tune's few hundred held-out forecasts may not show a
+    gain) while the all-sector adapter's did; then the all-sector one. Adapters without a fitted `fusion`
+    (older cards) count as trusted."""
+    from inference.adapters.train import read_card
+
+    def trusted(name: str) -> bool:
+        fusion = read_card(made[name]).get("fusion")
+        return fusion is None or fusion["news"]["llm"] > 0
+
+    fallback = f"{ROUTED_TASK}-all"
+    return {symbol: name if trusted(name) or not trusted(fallback) else fallback
+            for sector, symbols in SECTORS.items() for symbol in symbols
+            for name in [f"{ROUTED_TASK}-{sector}"]}
+
+
+def _thinned(split: Split, every: int) -> Split:
+    return split if every <= 1 else Split(split.train[::every], split.test, split.split_ts_ns)
+
+
+def _sector(split: Split, symbols: tuple[str, ...] | None) -> Split:
+    """`split` restricted to `symbols` (None: all)."""
+    if symbols is None:
+        return split
+    return Split(*(tuple(e for e in side if e.request.symbol in symbols) for side in (split.train, split.test)),
+                 split.split_ts_ns)
+
+
 def _build(model_dir: Path, split: Split, out: Path, tcfg, task: str, tape: str, init: str | None,
-           log: Callable[[str], None]) -> Path:
+           log: Callable[[str], None], cache, fusion_rows: Sequence[Example]) -> Path:
+    """Train one shipped adapter; its card also gets the build's wall time (the frozen layers' forward of
+    the prompts first seen here included), the CPU threads and the size of its weights."""
+    import torch
+
+    from inference.adapters.train import WEIGHTS_NAME, read_card, write_card
+
     started = time.perf_counter()
-    card = train_on_split(model_dir, split, out, tcfg, task=task, tape=tape, init_from=init)
-    log(f"{out.name}: {len(split.train)} train / {len(split.test)} test examples, "
-        f"{time.perf_counter() - started:.0f} s, test {card['metrics']['test']}")
+    card = train_on_split(model_dir, split, out, tcfg, task=task, tape=tape, init_from=init, cache=cache,
+                          fusion_rows=fusion_rows)
+    seconds = time.perf_counter() - started
+    card = read_card(out) | {"build": {"wall_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+                                       "weights_bytes": (out / WEIGHTS_NAME).stat().st_size}}
+    write_card(out, card)
+    fusion = {side: card["fusion"][side]["llm"] for side in ("news", "no_news")}
+    log(f"{out.name}: {len(split.train)} train / {len(split.test)} test examples, {seconds:.0f} s, "
+        f"test {card['metrics']['test']}, fusion llm weight {fusion}")
     return out

@@ -44,6 +44,7 @@ class TrainConfig:
     class_weighting: bool = True
     target_modules: tuple[str, ...] = LORA_TARGETS
     max_prompt_tokens: int = 1024
+    bf16_lower: bool = False            # run the frozen lower layers under bfloat16 autocast, cache them in bf16
 
     def __post_init__(self) -> None:
         for name in ("rank", "epochs", "batch_size", "max_prompt_tokens"):
@@ -106,22 +107,30 @@ class LabelHeadTrainer:
         return [self.prompt_format.encode(p)[-cut:] for p in prompts]
 
     @torch.no_grad()
-    def cache_inputs(self, prompts: Sequence[str], batch_size: int = 64) -> list[torch.Tensor]:
-        """Per prompt, the input of the last decoder layer: [T_i, H] (the lower layers are frozen)."""
+    def cache_inputs(self, prompts: Sequence[str], batch_size: int = 32) -> list[torch.Tensor]:
+        """Per prompt, the input of the last decoder layer: [T_i, H] (the lower layers are frozen).
+
+        Prompts run in batches of similar length (less padding); with `bf16_lower` the lower layers
+        run under bfloat16 autocast and the inputs are kept in bfloat16 (the last layer trains in float32).
+        """
         tokens = self.encode(prompts)
-        cached: list[torch.Tensor] = []
-        for start in range(0, len(tokens), batch_size):
-            chunk = tokens[start:start + batch_size]
-            input_ids, attention_mask = left_pad(chunk, self.pad_id)            # [B, T]
-            hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
-                                  position_ids=_positions(attention_mask), use_cache=False,
-                                  output_hidden_states=True).hidden_states[-2]  # [B, T, H]
-            cached += [hidden[row, -len(ids):].clone() for row, ids in enumerate(chunk)]
-        return cached
+        order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
+        cached: list[torch.Tensor | None] = [None] * len(tokens)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            input_ids, attention_mask = left_pad([tokens[i] for i in rows], self.pad_id)   # [B, T]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16_lower):
+                hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=_positions(attention_mask), use_cache=False,
+                                      output_hidden_states=True).hidden_states[-2]  # [B, T, H]
+            for row, at in enumerate(rows):
+                cached[at] = hidden[row, -len(tokens[at]):].clone()
+        return cached  # type: ignore[return-value]
 
     def label_logits(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits over DIRECTIONS at the last position, from cached last-layer inputs: [B, L]."""
         hidden, mask = _left_pad_states(inputs)                                 # [B, T, H], [B, T]
+        hidden = hidden.float()
         layer, attn = self.decoder.layers[-1], self.decoder.layers[-1].self_attn
         batch, length, _ = hidden.shape
         normed = layer.input_layernorm(hidden)                                  # [B, T, H]
@@ -200,6 +209,24 @@ class LabelHeadTrainer:
         save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_NAME),
                   metadata={"format": "pt"})
         return out
+
+
+class InputCache:
+    """Last-layer inputs by prompt, shared by the trainers of one base model: the adapters change only the
+    last layer, so what the frozen layers below it compute is the same for every adapter; each prompt runs
+    through them once however many adapters train or are evaluated on it."""
+
+    def __init__(self) -> None:
+        self._by_prompt: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_prompt)
+
+    def inputs(self, trainer: LabelHeadTrainer, prompts: Sequence[str]) -> list[torch.Tensor]:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._by_prompt))
+        if missing:
+            self._by_prompt.update(zip(missing, trainer.cache_inputs(missing)))
+        return [self._by_prompt[p] for p in prompts]
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

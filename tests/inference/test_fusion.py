@@ -1,10 +1,12 @@
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from inference.fusion import (FusionPolicy, FusionWeights, fit_weights, fuse, fuse_arrays, fused_logloss,
-                              total_variation)
+from inference.fusion import (NUMERIC_ONLY, AdapterFusion, FusionPolicy, FusionWeights, fit_discounted, fit_weights,
+                              fuse, fuse_arrays, fused_logloss, total_variation)
 from inference.scorers.base import ScoreResult
 from inference.worker import make_forecast
 from schemas import InferenceRequest, Probs
@@ -98,3 +100,63 @@ def test_fused_probabilities_are_plain_floats():
     """They go on the wire through orjson, which refuses numpy scalars."""
     fused = fuse(NUMERIC, Probs(0.7, 0.1, 0.2), FusionWeights(1.0, 0.5))
     assert all(type(p) is float for p in fused.as_tuple())
+
+
+def test_fit_discounted_keeps_an_informative_llm_and_drops_a_useless_one():
+    numeric, llm, noise, y = _experts(3000, seed=3)
+    clusters = np.arange(y.size) // 10                   # rows come in correlated blocks
+    kept, seen = fit_discounted(numeric, llm, y, clusters)
+    assert seen["trusted"] and kept.llm >= 0.5 and seen["gain"] > 2 * seen["gain_se"]
+    dropped, seen = fit_discounted(numeric, noise, y, clusters)
+    assert not seen["trusted"] and dropped.llm == 0.0
+    few, seen = fit_discounted(numeric[:20], llm[:20], y[:20])
+    assert few == NUMERIC_ONLY and not seen["trusted"]
+
+
+def test_fit_discounted_drops_a_weak_gain_within_the_noise():
+    """A model right 36% of the time where chance is 33%: a 60-row fit may like it, it is not shown to help."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 60)
+    numeric = np.tile([0.34, 0.33, 0.33], (60, 1))
+    weak = np.full((60, 3), 0.3)
+    weak[np.arange(60), np.where(rng.random(60) < 0.05, y, rng.integers(0, 3, 60))] = 0.4
+    weights, seen = fit_discounted(numeric, weak, y)
+    assert weights.llm == 0.0 and not seen["trusted"]
+
+
+def test_policy_weights_per_adapter_and_news():
+    fitted = AdapterFusion(FusionWeights(0.4, 1.2), FusionWeights(0.9, 0.0))
+    policy = FusionPolicy(FusionWeights(0.3, 1.0), adapters={"sent": fitted})
+    assert policy.weights_for("sent", True) == FusionWeights(0.4, 1.2)
+    assert policy.weights_for("sent", False) == FusionWeights(0.9, 0.0)
+    assert policy.weights_for("other", True) == FusionWeights(0.3, 1.0)     # no fit known: the global weights
+    assert policy.weights_for(None, False) == NUMERIC_ONLY                  # no news, no fit: numeric only
+    forced = FusionPolicy(FusionWeights(0.5, 0.5), adapters={"sent": fitted}, override=True)
+    assert forced.weights_for("sent", False) == FusionWeights(0.5, 0.5)
+    assert AdapterFusion.from_json(fitted.to_json() | {"fit": {}}) == fitted
+
+
+def test_policy_reads_the_cards_and_the_environment(tmp_path, monkeypatch):
+    fitted = AdapterFusion(FusionWeights(0.2, 1.5), FusionWeights(1.0, 0.0))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "card.json").write_text(json.dumps({"fusion": fitted.to_json()}))
+    (tmp_path / "b").mkdir()                                               # no card: global weights
+    monkeypatch.delenv("FINLLM_FUSION_W_NUMERIC", raising=False)
+    monkeypatch.delenv("FINLLM_FUSION_W_LLM", raising=False)
+    policy = FusionPolicy.from_env({"a": tmp_path / "a", "b": tmp_path / "b"})
+    assert policy.adapters == {"a": fitted} and not policy.override
+    monkeypatch.setenv("FINLLM_FUSION_W_LLM", "0.7")
+    overridden = FusionPolicy.from_env({"a": tmp_path / "a"})
+    assert overridden.override and overridden.weights_for("a", True) == FusionWeights(0.3, 0.7)
+
+
+def test_make_forecast_fuses_with_the_requests_adapter_and_news():
+    fitted = AdapterFusion(FusionWeights(1.0, 2.0), FusionWeights(1.0, 0.0))
+    policy = FusionPolicy(adapters={"fast": fitted})
+    llm = ScoreResult("r1", (0.7, 0.2, 0.1))
+    with_news = make_forecast(_request(), llm, model="m", policy=policy, picked_wall_ns=30, inference_ms=1.0)
+    assert with_news.probs.as_tuple() == pytest.approx(
+        fuse(NUMERIC, Probs(0.7, 0.2, 0.1), FusionWeights(1.0, 2.0)).as_tuple())
+    quiet = replace(_request(), news_ids=())
+    without = make_forecast(quiet, llm, model="m", policy=policy, picked_wall_ns=30, inference_ms=1.0)
+    assert without.probs.as_tuple() == pytest.approx(NUMERIC.as_tuple()) and without.llm is not None

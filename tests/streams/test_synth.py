@@ -171,3 +171,9 @@ def test_bundled_sample_tape() -> None:
     assert (SAMPLE_MINUTES - 1) * 60 * S < span_ns <= SAMPLE_MINUTES * 60 * S
     fresh = synth_tape(SAMPLE_SYMBOLS, SAMPLE_MINUTES, SAMPLE_SEED)
     assert fresh.news.equals(sample.news) and fresh.ticks.height == sample.ticks.height
+
+
+def test_a_tape_without_news_is_the_same_market() -> None:
+    loud, quiet = synth_tape(3, 10, seed=5), synth_tape(3, 10, seed=5, news=False)
+    assert loud.news.height > 0 and quiet.news.height == 0 and quiet.truth.height == 0
+    assert quiet.ticks.equals(loud.ticks)

@@ -141,5 +141,42 @@ def test_fit_weights_uses_the_first_part_and_trusts_an_informative_llm(tape):
     evaluation = evaluate_tape(tape, CFG, OracleScorer(labels, 0.5), EvalOptions(n_boot=50, fit_weights=True))
     weights = evaluation.report["fusion_weights"]
     assert weights["fitted"]["forecasts"] == evaluation.report["train_forecasts"]
-    assert weights["llm"] > weights["numeric"]
+    assert weights["fitted"]["llm"] > weights["fitted"]["numeric"]
+    assert weights["override"]
     assert evaluation.report["fused"]["logloss"] < evaluation.report["numeric"]["logloss"]
+
+
+class NoiseScorer(OracleScorer):
+    """A confident language model that knows nothing: random sharp probabilities, one per request."""
+
+    def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
+        rng = np.random.default_rng(len(items))
+        return [ScoreResult(i.request_id, tuple(float(p) for p in rng.dirichlet([0.3] * 3))) for i in items]
+
+
+def test_a_tape_without_news_is_fused_as_numeric_whatever_the_llm_says():
+    quiet = synth_tape(symbols=3, minutes=20, seed=2, news=False)
+    evaluation = evaluate_tape(quiet, CFG, NoiseScorer({}, 0.0), EvalOptions(n_boot=50))
+    report = evaluation.report
+    assert report["with_news"] == 0 and report["n"] > 10
+    frame = evaluation.frame
+    for label in DIRECTIONS:
+        assert frame[f"fused_p_{label}"].to_numpy() == pytest.approx(frame[f"numeric_p_{label}"].to_numpy())
+    assert report["llm"]["logloss"] > report["numeric"]["logloss"]       # it is noise...
+    assert report["targets"]["fused_not_worse_than_numeric"]              # ...and the fusion ignored it
+    assert report["fusion_weights"]["numeric/llm"] == {"1.0/0.0": report["n"]}
+
+
+def test_the_zero_shot_row_scores_the_same_prompts_without_the_adapter(tape):
+    seen: list[str | None] = []
+
+    class Recording(NoiseScorer):
+        def score(self, items):
+            seen.extend(i.adapter for i in items)
+            return super().score(items)
+
+    cfg = AgentsConfig(adapters={s: "fast" for s in tape.symbols})
+    report = evaluate_tape(tape, cfg, Recording({}, 0.0), EvalOptions(n_boot=20, max_forecasts=10)).report
+    assert report["n"] <= 10 < report["held_out_forecasts"]
+    assert seen.count("fast") == seen.count(None) == report["n"]
+    assert {"llm_zero_shot", "llm", "fused", "numeric"} <= report.keys() and len(report["targets"]) == 4

@@ -22,3 +22,46 @@ def test_the_shipped_routing_follows_the_sectors():
 def test_a_split_with_an_empty_side_is_a_training_error(tmp_path):
     with pytest.raises(TrainingError, match="both sides of the split: 0 train, 0 test"):
         train_on_split(tmp_path, Split((), (), 0), tmp_path / "out", None, task="direction", tape="none")
+
+
+@pytest.mark.parametrize("args, folder, bf16", [((), "smollm2-135m", True), (("--model", "tiny"), "tiny", False),
+                                                (("--model", "smollm2-135m", "--no-bf16-lower"), "smollm2-135m", False)])
+def test_build_defaults_writes_each_base_models_set_in_its_own_folder(monkeypatch, args, folder, bf16):
+    from click.testing import CliRunner
+
+    import agents.lab.training as training
+    from agents.cli import cli
+    from inference.adapters.shipped import SHIPPED_DIR
+
+    seen = {}
+
+    def fake(out, log, model, *, train_every, bf16_lower):
+        seen.update(out=out, model=model, train_every=train_every, bf16_lower=bf16_lower)
+        return {}
+
+    monkeypatch.setattr(training, "build_default_adapters", fake)
+    monkeypatch.delenv("FINLLM_MODEL", raising=False)
+    result = CliRunner().invoke(cli, ["adapters", "build-defaults", "--train-every", "2", *args])
+    assert result.exit_code == 0, result.output
+    assert seen["out"] == (SHIPPED_DIR / folder).resolve() and seen["bf16_lower"] is bf16 and seen["train_every"] == 2
+
+
+def test_routes_go_to_a_sector_adapter_only_when_its_fusion_fit_trusts_it(tmp_path):
+    from agents.lab.training import trusted_routes
+    from inference.adapters.train import write_card
+
+    def adapter(name, llm):
+        (tmp_path / name).mkdir()
+        fusion = None if llm is None else {"news": {"numeric": 1.0, "llm": llm}, "no_news": {"numeric": 1.0, "llm": 0.0}}
+        write_card(tmp_path / name, {"fusion": fusion} if fusion else {})
+        return tmp_path / name
+
+    made = {"direction-all": adapter("direction-all", 0.4), "direction-technology": adapter("direction-technology", 0.8),
+            "direction-industrials": adapter("direction-industrials", 0.0),
+            "direction-healthcare": adapter("direction-healthcare", None), "direction-consumer": adapter("c", 0.0)}
+    routes = trusted_routes(made)
+    assert {routes[s] for s in SECTORS["technology"]} == {"direction-technology"}
+    assert {routes[s] for s in SECTORS["industrials"]} == {"direction-all"}
+    assert {routes[s] for s in SECTORS["healthcare"]} == {"direction-healthcare"}   # no fit: as before
+    write_card(made["direction-all"], {"fusion": {"news": {"numeric": 1.0, "llm": 0.0}}})
+    assert {trusted_routes(made)[s] for s in SECTORS["consumer"]} == {"direction-consumer"}  # nothing trusted
