@@ -225,7 +225,7 @@ class InferenceWorker:
             if request.deadline_wall_ns > now_ns:
                 batch.append(request)
         if batch:
-            await self._score(batch)
+            await self._score(batch, background=True)
             self.warmups += len(batch)
 
     async def _score_in_time(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
@@ -248,9 +248,9 @@ class InferenceWorker:
         second, deep_ms = await self._score(divergent, adapter=adapter)
         return {r.id: res for r, res in zip(divergent, second) if res is not None}, deep_ms
 
-    async def _score(self, requests: list[InferenceRequest],
-                     adapter: str | None = None) -> tuple[list[ScoreResult | None], float]:
-        items = [ScoreItem(r.id, r.prompt, adapter or r.adapter, r.deadline_wall_ns) for r in requests]
+    async def _score(self, requests: list[InferenceRequest], adapter: str | None = None,
+                     background: bool = False) -> tuple[list[ScoreResult | None], float]:
+        items = [ScoreItem(r.id, r.prompt, adapter or r.adapter, r.deadline_wall_ns, background) for r in requests]
         started = time.perf_counter()
         try:
             results: list[ScoreResult | None] = list(await asyncio.to_thread(self.scorer.score, items))
