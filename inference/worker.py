@@ -8,6 +8,7 @@ Run it as `python -m inference.worker` (settings from the environment, see `Work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from streams.settings import ROUTING_FILE_ENV, KafkaSettings, env_flag
 log = logging.getLogger("finllm.inference")
 FETCH_MAX_WAIT_MS = 20  # the broker may hold a fetch this long: it bounds the queue wait of a request
 MAX_QUEUED_WARMUPS = 256   # the oldest warm-ups are dropped beyond this (they only save latency)
+HTTP_PORT_ENV = "FINLLM_HTTP_PORT"   # set: the worker also serves the HTTP API (inference.api) on this port
 MAX_WARMUP_BATCH = 8       # warm-ups prefilled in one engine call (one step's fixed cost for all)
 
 
@@ -293,11 +295,28 @@ async def main_async() -> None:
         worker.metrics, kafka, {cfg.group_id: [kafka.topics.requests]},
         extra=lambda: {"model": scorer.model_name, "engine": cfg.engine}))
     try:
-        await worker.run()
+        async with contextlib.AsyncExitStack() as http:
+            if os.environ.get(HTTP_PORT_ENV):     # the HTTP API beside Kafka: one engine, forecasts first
+                worker.scorer = await http.enter_async_context(serve_http(scorer, cfg, worker.metrics.registry))
+            await worker.run()
     finally:
         observing.cancel()
         await asyncio.gather(observing, return_exceptions=True)
         scorer.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_http(scorer: Scorer, cfg: WorkerConfig, registry):
+    """The OpenAI-compatible API (inference.api) on FINLLM_HTTP_PORT over the worker's engine; yields the
+    scorer the worker then scores with (through the same engine loop)."""
+    from inference.api.protocol import ApiSettings
+    from inference.api.server import ApiMetrics, serving
+
+    if cfg.engine != "paged":
+        raise SystemExit(f"{HTTP_PORT_ENV} needs FINLLM_ENGINE=paged (the engine that serves HTTP)")
+    async with serving(scorer, ApiSettings.from_env(), ApiMetrics(registry)) as (_, url, shared):
+        log.info("HTTP API on %s/v1", url)
+        yield shared
 
 
 def main() -> None:
