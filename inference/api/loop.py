@@ -38,16 +38,19 @@ class Timing:
     decode_ms: float
 
     @classmethod
-    def of(cls, request: Request) -> "Timing":
+    def of(cls, request: Request, now_ns: int) -> "Timing":
+        """So far (`now_ns`: the engine clock) or, for a finished request, in all."""
+        end = request.finished_ns if request.finished_ns is not None else now_ns
         ms = lambda a, b: max(b - a, 0) / 1e6 if a is not None and b is not None else 0.0   # noqa: E731
         scheduled = request.first_scheduled_ns
-        return cls(ms(request.arrival_ns, scheduled if scheduled is not None else request.finished_ns),
-                   ms(scheduled, request.first_token_ns), ms(request.first_token_ns, request.finished_ns))
+        return cls(ms(request.arrival_ns, scheduled if scheduled is not None else end),
+                   ms(scheduled, request.first_token_ns), ms(request.first_token_ns, end))
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """New output of one generate request since the last delta; `status` set on the last one."""
+    """New output of one generate request since the last delta; `status` set on the last one; `timing`
+    up to this delta."""
 
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprobs, ...] = ()
@@ -66,14 +69,14 @@ class _Stream:
     deltas: asyncio.Queue
     sent: int = 0
 
-    def push(self) -> bool:
+    def push(self, now_ns: int) -> bool:
         """Send what is new; True when the request is done (its last delta sent)."""
         tokens = self.request.output_token_ids
         done = self.request.status.is_done
         if len(tokens) == self.sent and not done:
             return False
         delta = Delta(tuple(tokens[self.sent:]), tuple(self.request.output_logprobs[self.sent:]),
-                      self.request.status if done else None, Timing.of(self.request) if done else None)
+                      self.request.status if done else None, Timing.of(self.request, now_ns))
         self.sent = len(tokens)
         self.loop.call_soon_threadsafe(self.deltas.put_nowait, delta)
         return done
@@ -211,7 +214,8 @@ class EngineLoop:
             waiter = self._waiters.pop(output.request_id, None)
             if waiter is not None:
                 waiter.set_result(output)
-        for rid in [rid for rid, stream in self._streams.items() if stream.push()]:
+        now_ns = self.engine.clock_ns()
+        for rid in [rid for rid, stream in self._streams.items() if stream.push(now_ns)]:
             del self._streams[rid]
 
     def _fail_all(self, error: BaseException) -> None:

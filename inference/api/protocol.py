@@ -111,11 +111,11 @@ def _common(body: Any, chat: bool, logprobs: int | None) -> dict:
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(400, f"'{tokens_name}' must be at least 1, got {max_tokens}", param=tokens_name)
     seed = _field(body, "seed", (int,), None)
-    sampling = SamplingParams(temperature=float(_bounded(body, "temperature", 0, 2, 1.0)),
-                              top_p=float(_bounded(body, "top_p", 0, 1, 1.0)),
-                              seed=None if seed is None else seed % (2 ** 63), logprobs=logprobs)
-    if sampling.top_p == 0:
+    top_p = float(_bounded(body, "top_p", 0, 1, 1.0))
+    if top_p == 0:
         raise ApiError(400, "'top_p' must be greater than 0", param="top_p")
+    sampling = SamplingParams(temperature=float(_bounded(body, "temperature", 0, 2, 1.0)), top_p=top_p,
+                              seed=None if seed is None else seed % (2 ** 63), logprobs=logprobs)
     stream_options = _field(body, "stream_options", (dict,), {})
     return dict(model=model, chat=chat, max_tokens=max_tokens, sampling=sampling, stop=tuple(stop),
                 stream=_field(body, "stream", (bool,), False),

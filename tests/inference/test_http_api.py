@@ -82,6 +82,7 @@ def test_stop_string_cuts_the_text_and_ends_the_request(server, client):
     cut = complete(client, temperature=0, max_tokens=20, ignore_eos=True, stop=[stop])
     assert cut["choices"][0]["text"] == full[:full.index(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["usage"]["timing"]["prefill_ms"] > 0 and cut["usage"]["timing"]["decode_ms"] > 0
     assert server.call(lambda: not server.engine.has_unfinished())
 
 
@@ -123,6 +124,11 @@ def test_streamed_chat_equals_the_unstreamed_one(client):
     ("post", "/v1/completions", {"prompt": "a"}, 400, None, "'model' is required"),
     ("post", "/v1/completions", {"model": "alpha", "prompt": "a", "temperature": 3}, 400, None, "temperature"),
     ("post", "/v1/completions", {"model": "alpha", "prompt": "a", "n": 2}, 400, None, "n = 1"),
+    ("post", "/v1/completions", {"model": "alpha", "prompt": "a", "top_p": 0}, 400, None, "top_p"),
+    ("post", "/v1/completions", {"model": "alpha", "prompt": "a", "stop": ["", "x"]}, 400, None, "stop"),
+    ("post", "/v1/completions", {"model": "alpha", "prompt": "a", "logprobs": 9}, 400, None, "logprobs"),
+    ("post", "/v1/completions", {"model": "alpha", "prompt": "a", "seed": "x"}, 400, None, "seed"),
+    ("post", "/v1/completions", [1, 2], 400, None, "JSON object"),
     ("post", "/v1/completions", {"model": "alpha", "prompt": ["a", "b"]}, 400, None, "one non-empty string"),
     ("post", "/v1/completions", {"model": "alpha", "prompt": [99999]}, 400, None, "token ids"),
     ("post", "/v1/completions", {"model": "alpha", "prompt": "a", "max_tokens": 0}, 400, None, "at least 1"),
