@@ -9,6 +9,7 @@ same tokens/s for transformers, and forecast latency p99 alone and under the HTT
 greedy with a fixed answer length (ignore_eos). Last line: one JSON object.
 
     python bench/http.py --quick            # about two minutes on 2 CPU cores (default model)
+    python bench/http.py --quick --threads 1   # on a machine other jobs share
     python bench/http.py --clients 16 --requests 4 --max-tokens 64
 """
 from __future__ import annotations
@@ -134,14 +135,16 @@ async def run(args) -> dict:
     scorer = EngineScorer(model_dir, config=EngineConfig(dtype="float32", cuda_graph_sizes=()),
                           device=args.device)
     texts = prompts(args.clients * args.requests)
-    forecast_texts = prompts(args.forecasts, seed=1)
+    # each phase its own prompts: none finds another phase's prompt in the prefix cache
+    warm_texts, alone_texts, loaded_texts = (prompts(args.forecasts, seed=s) for s in (1, 2, 3))
     async with serving(scorer, ApiSettings(port=0)) as (server, url, shared):
         model = server.base_names[0]
-        await http_load(url, model, texts[:2], 2, 4)                      # warm-up
-        alone = await forecasts(shared, forecast_texts, args.forecast_interval_s)
+        await http_load(url, model, prompts(2, seed=4), 2, 4)             # warm-up
+        await forecasts(shared, warm_texts[:4], args.forecast_interval_s)
+        alone = await forecasts(shared, alone_texts, args.forecast_interval_s)
         load = asyncio.create_task(http_load(url, model, texts, args.clients, args.max_tokens))
         await asyncio.sleep(0.2)                                          # the batch fills with chats first
-        loaded = await forecasts(shared, forecast_texts, args.forecast_interval_s, until=load)
+        loaded = await forecasts(shared, loaded_texts, args.forecast_interval_s, until=load)
         results, wall_s = await load
     hf_tps = hf_generate(model_dir, texts[:args.hf_requests], args.max_tokens)
     tps = sum(r["tokens"] for r in results) / wall_s
@@ -162,6 +165,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 clients, 2 requests each, 32 tokens")
     parser.add_argument("--model", help="a registered name or a folder (default: the default model)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine: "
+                        "OpenMP's threads wait for each other when other jobs hold the cores)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=4, help="per client")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -171,6 +176,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.clients, args.requests, args.max_tokens, args.hf_requests, args.forecasts = 8, 2, 32, 4, 20
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     result = asyncio.run(run(args))
     for key, value in result.items():
         if key != "timing_p50_ms":

@@ -175,7 +175,7 @@ class ApiServer:
                     return await self._stream(request, run, first, pieces)
                 async for piece in pieces:
                     first = (first[0] + piece[0], first[1] + piece[1])
-                return _json(run.response(first[0], first[1], self))
+                return _json(run.response(*first))
 
     async def _first(self, pieces: AsyncIterator[tuple[str, list]]) -> tuple[str, list]:
         try:
@@ -193,7 +193,7 @@ class ApiServer:
             run.token_ids += delta.token_ids
             self.metrics.tokens.inc(len(delta.token_ids))
             text = run.text.add(delta.token_ids)
-            entries = [self._logprob_entry(run.spec.chat, t, lp) for t, lp in zip(delta.token_ids, delta.logprobs)]
+            entries = [self._logprob_entry(t, lp) for t, lp in zip(delta.token_ids, delta.logprobs)]
             if run.text.stopped:
                 run.finish_reason = "stop"
                 self.metrics.aborted.inc()
@@ -278,7 +278,8 @@ class ApiServer:
                            code="context_length_exceeded")
         return max_tokens
 
-    def _logprob_entry(self, chat: bool, token_id: int, logprobs) -> tuple:
+    def _logprob_entry(self, token_id: int, logprobs) -> tuple:
+        """(token text, its log-probability, [(text, log-probability)] of the top tokens)."""
         chosen, top = logprobs
         token = self.tokenizer.decode([token_id])
         alternatives = [(self.tokenizer.decode([t]), lp) for t, lp in top]
@@ -322,7 +323,7 @@ class _Run:
         return {"tokens": [t for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
                 "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
 
-    def response(self, text: str, entries: list, server: ApiServer) -> dict:
+    def response(self, text: str, entries: list) -> dict:
         choice = {"index": 0, "logprobs": self.logprobs(entries), "finish_reason": self.finish_reason}
         choice |= {"message": {"role": "assistant", "content": text}} if self.spec.chat else {"text": text}
         return {"id": self.id, "object": self.object, "created": self.created, "model": self.spec.model,

@@ -51,3 +51,14 @@ def test_http_needs_the_paged_engine(tiny_model_dir):
 
     with pytest.raises(SystemExit, match="FINLLM_ENGINE=paged"):
         asyncio.run(run())
+
+
+def test_serve_command_is_listed_and_refuses_a_malformed_adapter():
+    from click.testing import CliRunner
+
+    from agents.cli import cli
+
+    runner = CliRunner()
+    assert "serve" in runner.invoke(cli, ["--help"]).output
+    result = runner.invoke(cli, ["serve", "--adapter", "no-equals-sign"])
+    assert result.exit_code == 2 and "NAME=PATH" in result.output
