@@ -38,8 +38,9 @@ class ApiError(Exception):
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     """HTTP settings (environment: FINLLM_HTTP_HOST, FINLLM_HTTP_PORT, FINLLM_API_KEYS comma-separated,
-    FINLLM_HTTP_MAX_BODY_BYTES, FINLLM_HTTP_MAX_PROMPT_TOKENS, FINLLM_HTTP_MAX_TOKENS).
-    `max_prompt_tokens` None: as many as the engine holds beside the answer."""
+    FINLLM_HTTP_MAX_BODY_BYTES, FINLLM_HTTP_MAX_PROMPT_TOKENS, FINLLM_HTTP_MAX_TOKENS, FINLLM_HTTP_MAX_ACTIVE).
+    `max_prompt_tokens` None: as many as the engine holds beside the answer; `max_active`: generations in
+    flight at once, beyond which requests are refused (429) rather than queued without bound."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -47,6 +48,7 @@ class ApiSettings:
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int | None = None
     max_tokens: int = 2048
+    max_active: int = 256
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "ApiSettings":
@@ -57,7 +59,8 @@ class ApiSettings:
                       api_keys=frozenset(k.strip() for k in env.get("FINLLM_API_KEYS", "").split(",") if k.strip()),
                       max_body_bytes=number("FINLLM_HTTP_MAX_BODY_BYTES", default.max_body_bytes),
                       max_prompt_tokens=number("FINLLM_HTTP_MAX_PROMPT_TOKENS", default.max_prompt_tokens),
-                      max_tokens=number("FINLLM_HTTP_MAX_TOKENS", default.max_tokens))
+                      max_tokens=number("FINLLM_HTTP_MAX_TOKENS", default.max_tokens),
+                      max_active=number("FINLLM_HTTP_MAX_ACTIVE", default.max_active))
         return cls(**(values | {k: v for k, v in overrides.items() if v is not None}))
 
 

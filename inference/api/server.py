@@ -69,6 +69,7 @@ class ApiServer:
         self.context = min(engine.config.max_cached_tokens, engine.model.config.max_position_embeddings)
         self.end_token_ids = _end_token_ids(self.tokenizer)
         self.created = int(time.time())
+        self.active = 0                            # generations in flight
         self.runner: web.AppRunner | None = None
 
     # lifecycle -----------------------------------------------------------------------------------
@@ -159,6 +160,17 @@ class ApiServer:
     # generation ----------------------------------------------------------------------------------
     async def _generate(self, request: web.Request, spec: GenerationSpec) -> web.StreamResponse:
         adapter = self._adapter(spec.model)
+        if self.active >= self.settings.max_active:
+            raise ApiError(429, f"the server is busy ({self.active} requests in flight); retry later",
+                           code="server_busy")
+        self.active += 1
+        try:
+            return await self._generate_admitted(request, spec, adapter)
+        finally:
+            self.active -= 1
+
+    async def _generate_admitted(self, request: web.Request, spec: GenerationSpec,
+                                 adapter: str | None) -> web.StreamResponse:
         started = time.perf_counter()
         prompt_ids = self._encode(spec)
         tokenize_ms = (time.perf_counter() - started) * 1e3

@@ -188,3 +188,15 @@ def test_forecasts_share_the_engine_with_http_requests(server, client):
         results = server.shared.score([ScoreItem(f"f{i}", "stock shares rose", "beta") for i in range(3)])
         assert all(r.probs is not None and abs(sum(r.probs) - 1) < 1e-9 for r in results)
         assert all(c.result().status_code == 200 for c in chats)
+
+
+def test_too_many_generations_in_flight_are_refused_not_queued(server, client):
+    import dataclasses
+
+    settings = server.api.settings
+    server.api.settings = dataclasses.replace(settings, max_active=0)
+    try:
+        assert_error(client.post("/v1/completions", json={"model": "alpha", "prompt": "a"}), 429, "server_busy")
+    finally:
+        server.api.settings = settings
+    assert complete(client, max_tokens=1)["usage"]["completion_tokens"] == 1
