@@ -164,12 +164,16 @@ class EngineLoop:
 
     # scoring (worker threads) --------------------------------------------------------------------
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
-        """`EngineScorer.score` through the loop: blocks the calling thread, not the engine."""
+        """`EngineScorer.score` through the loop: blocks the calling thread, not the engine. Background items
+        (warm-ups) are queued and not waited for (answered with no probabilities): scheduled after every
+        interactive request, they could otherwise hold the caller (the worker's Kafka loop) for as long as
+        an HTTP flood lasts; the engine runs them when it gets to them, or lets them expire."""
         def submit() -> list[concurrent.futures.Future | None]:
             futures = []
             for item in items:
                 rid = self.scorer.submit(item)
-                futures.append(None if rid is None else self._waiters.setdefault(rid, concurrent.futures.Future()))
+                wait = rid is not None and not item.background
+                futures.append(self._waiters.setdefault(rid, concurrent.futures.Future()) if wait else None)
             return futures
 
         futures = self.call(submit).result()

@@ -34,13 +34,14 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, position: int) -> i
     if params.greedy:
         return int(logits.argmax())
     probs = torch.softmax(logits.double() / params.temperature, dim=-1)
+    generator = torch.Generator().manual_seed(_stream_seed(params.seed or 0, position))
+    if params.top_p == 1:
+        return int(torch.multinomial(probs, 1, generator=generator))
     order = torch.argsort(probs, descending=True, stable=True)
     sorted_probs = probs[order]
-    if params.top_p < 1:
-        before = torch.cumsum(sorted_probs, dim=0) - sorted_probs     # mass of the more likely tokens
-        sorted_probs = torch.where(before < params.top_p, sorted_probs, torch.zeros_like(sorted_probs))
-    generator = torch.Generator().manual_seed(_stream_seed(params.seed or 0, position))
-    return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
+    before = torch.cumsum(sorted_probs, dim=0) - sorted_probs          # mass of the more likely tokens
+    nucleus = torch.where(before < params.top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    return int(order[torch.multinomial(nucleus, 1, generator=generator)])
 
 
 def token_logprobs(logits: torch.Tensor, token: int, top: int | None) -> TokenLogprobs | None:

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from inference.engine.sequence import RequestStatus
+from inference.engine.sequence import Priority, RequestKind, RequestStatus
 from inference.scorers.base import ScoreItem
 
 from tests.inference.http_server import API_KEY, NUM_BLOCKS, LiveServer
@@ -200,3 +200,22 @@ def test_too_many_generations_in_flight_are_refused_not_queued(server, client):
     finally:
         server.api.settings = settings
     assert complete(client, max_tokens=1)["usage"]["completion_tokens"] == 1
+
+
+def test_warm_ups_through_the_shared_engine_are_queued_not_awaited(server):
+    """A warm-up behind interactive requests would hold the worker's Kafka loop: it is queued and answered
+    at once; the engine prefills it later (its prompt is then in the prefix cache)."""
+    busy = server.call(lambda: server.api.loop.engine.add_request(
+        "busy", [5, 9, 13], RequestKind.GENERATE, max_new_tokens=400, priority=Priority.INTERACTIVE))
+    started = time.monotonic()
+    (result,) = server.shared.score([ScoreItem("w", "stock shares rose sharply " * 10, background=True)])
+    assert result.probs is None and time.monotonic() - started < 1.0
+    assert busy.status is RequestStatus.RUNNING
+    deadline = time.monotonic() + 30
+    while server.call(server.engine.has_unfinished) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert busy.status is RequestStatus.FINISHED
+    hits = lambda: server.call(lambda: server.engine.scheduler.block_manager.prefix_hit_tokens)   # noqa: E731
+    before = hits()
+    (forecast,) = server.shared.score([ScoreItem("f", "stock shares rose sharply " * 10)])
+    assert forecast.probs is not None and hits() > before        # the warm-up's blocks were there
