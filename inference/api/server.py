@@ -243,7 +243,7 @@ class ApiServer:
             await send(error.body())
         except ConnectionError:                    # the client went away: aclosing aborts the request
             self.metrics.aborted.inc()
-            raise
+            return response
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

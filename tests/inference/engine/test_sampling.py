@@ -47,8 +47,8 @@ def test_invalid_sampling_parameters_are_refused():
             SamplingParams(**bad)
 
 
-def _generate(engine: Engine, rid: str, sampling: SamplingParams | None, prompt=(5, 9, 13, 2)):
-    engine.add_request(rid, list(prompt), RequestKind.GENERATE, max_new_tokens=12, sampling=sampling)
+def _generate(engine: Engine, rid: str, sampling: SamplingParams | None, prompt=(5, 9, 13, 2), max_new_tokens=12):
+    engine.add_request(rid, list(prompt), RequestKind.GENERATE, max_new_tokens=max_new_tokens, sampling=sampling)
     (output,) = engine.run_until_done()
     return output
 
@@ -73,3 +73,18 @@ def test_engine_reports_logprobs_of_each_generated_token(tiny_qwen2):
     assert len(request.output_logprobs) == 5
     for token, (chosen, top) in zip(request.output_token_ids, request.output_logprobs):
         assert len(top) == 3 and top[0][0] == token and chosen == pytest.approx(top[0][1]) and chosen <= 0
+
+
+def test_a_preempted_sampled_request_draws_the_same_tokens(tiny_qwen2):
+    config = EngineConfig(block_size=4, num_blocks=12, dtype="float64", enable_prefix_caching=False)
+    hot = SamplingParams(temperature=1.0, seed=42)
+    alone = Engine(tiny_qwen2["model_dir"], config, ENGINE_DEVICE)
+    expected = _generate(alone, "a", hot, prompt=list(range(3, 11)), max_new_tokens=24).output_token_ids
+    engine = Engine(tiny_qwen2["model_dir"], config, ENGINE_DEVICE)
+    sampled = engine.add_request("a", list(range(3, 11)), RequestKind.GENERATE, max_new_tokens=24, sampling=hot)
+    for _ in range(3):
+        engine.step()
+    engine.add_request("urgent", list(range(20, 28)), RequestKind.GENERATE, max_new_tokens=30, deadline_ns=2**62)
+    engine.run_until_done()
+    assert sampled.num_preemptions >= 1
+    assert tuple(sampled.output_token_ids) == expected
