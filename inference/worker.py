@@ -8,6 +8,7 @@ Run it as `python -m inference.worker` (settings from the environment, see `Work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from streams.settings import ROUTING_FILE_ENV, KafkaSettings, env_flag
 log = logging.getLogger("finllm.inference")
 FETCH_MAX_WAIT_MS = 20  # the broker may hold a fetch this long: it bounds the queue wait of a request
 MAX_QUEUED_WARMUPS = 256   # the oldest warm-ups are dropped beyond this (they only save latency)
+HTTP_PORT_ENV = "FINLLM_HTTP_PORT"   # set: the worker also serves the HTTP API (inference.api) on this port
 MAX_WARMUP_BATCH = 8       # warm-ups prefilled in one engine call (one step's fixed cost for all)
 
 
@@ -230,7 +232,7 @@ class InferenceWorker:
             if request.deadline_wall_ns > now_ns:
                 batch.append(request)
         if batch:
-            await self._score(batch)
+            await self._score(batch, background=True)
             self.warmups += len(batch)
 
     async def _score_in_time(self, requests: list[InferenceRequest]) -> tuple[list[ScoreResult | None], float]:
@@ -253,9 +255,9 @@ class InferenceWorker:
         second, deep_ms = await self._score(divergent, adapter=adapter)
         return {r.id: res for r, res in zip(divergent, second) if res is not None}, deep_ms
 
-    async def _score(self, requests: list[InferenceRequest],
-                     adapter: str | None = None) -> tuple[list[ScoreResult | None], float]:
-        items = [ScoreItem(r.id, r.prompt, adapter or r.adapter, r.deadline_wall_ns) for r in requests]
+    async def _score(self, requests: list[InferenceRequest], adapter: str | None = None,
+                     background: bool = False) -> tuple[list[ScoreResult | None], float]:
+        items = [ScoreItem(r.id, r.prompt, adapter or r.adapter, r.deadline_wall_ns, background) for r in requests]
         started = time.perf_counter()
         try:
             results: list[ScoreResult | None] = list(await asyncio.to_thread(self.scorer.score, items))
@@ -299,11 +301,28 @@ async def main_async() -> None:
         worker.metrics, kafka, {cfg.group_id: [kafka.topics.requests]},
         extra=lambda: {"model": scorer.model_name, "engine": cfg.engine}))
     try:
-        await worker.run()
+        async with contextlib.AsyncExitStack() as http:
+            if os.environ.get(HTTP_PORT_ENV):     # the HTTP API beside Kafka: one engine, forecasts first
+                worker.scorer = await http.enter_async_context(serve_http(scorer, cfg, worker.metrics.registry))
+            await worker.run()
     finally:
         observing.cancel()
         await asyncio.gather(observing, return_exceptions=True)
         scorer.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_http(scorer: Scorer, cfg: WorkerConfig, registry):
+    """The OpenAI-compatible API (inference.api) on FINLLM_HTTP_PORT over the worker's engine; yields the
+    scorer the worker then scores with (through the same engine loop)."""
+    from inference.api.protocol import ApiSettings
+    from inference.api.server import ApiMetrics, serving
+
+    if cfg.engine != "paged":
+        raise SystemExit(f"{HTTP_PORT_ENV} needs FINLLM_ENGINE=paged (the engine that serves HTTP)")
+    async with serving(scorer, ApiSettings.from_env(), ApiMetrics(registry)) as (_, url, shared):
+        log.info("HTTP API on %s/v1", url)
+        yield shared
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from agents.cli.audit import audit
 from agents.cli.demo import demo
 from agents.cli.eval import eval_cmd
 from agents.cli.model import model
+from agents.cli.serve import serve
 from agents.cli.stack import latest, replay_cmd, status, tail, up
 from agents.cli.tape import tape
 
@@ -22,7 +23,7 @@ def cli() -> None:
     """Fin-LLM-Inference: ticks and news in, fused LLM forecasts out."""
 
 
-for command in (up, replay_cmd, tail, latest, status, tape, demo, adapters, eval_cmd, audit, model):
+for command in (up, replay_cmd, tail, latest, status, tape, demo, adapters, eval_cmd, audit, model, serve):
     cli.add_command(command)
 
 

@@ -15,7 +15,7 @@ from inference.engine.lora import LoraAdapter, load_peft_adapter
 from inference.engine.model import Transformer
 from inference.engine.model_runner import ModelRunner
 from inference.engine.scheduler import Scheduler, SchedulerOutput
-from inference.engine.sequence import Request, RequestKind, RequestStatus
+from inference.engine.sequence import Priority, Request, RequestKind, RequestStatus, SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +70,21 @@ class Engine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], kind: RequestKind,
                     adapter: str | None = None, deadline_ns: int | None = None,
                     label_token_ids: Iterable[int] = (), max_new_tokens: int = 0,
-                    stop_token_ids: Iterable[int] = ()) -> None:
+                    stop_token_ids: Iterable[int] = (), sampling: SamplingParams | None = None,
+                    priority: Priority = Priority.DEADLINE) -> Request:
+        """Queue a request; the returned state is the engine's (read it between steps, never change it)."""
         request = Request(request_id, list(prompt_token_ids), kind, self.clock_ns(), adapter=adapter,
                           deadline_ns=deadline_ns, label_token_ids=tuple(label_token_ids),
-                          max_new_tokens=max_new_tokens, stop_token_ids=frozenset(stop_token_ids))
+                          max_new_tokens=max_new_tokens, stop_token_ids=frozenset(stop_token_ids),
+                          priority=priority)
+        if sampling is not None:
+            request.sampling = sampling.seeded()
         if adapter is not None:
             request.adapter_version = self.registry.get(adapter).version
         self._validate(request)
         self._known_ids.add(request_id)
         self.scheduler.add(request)
+        return request
 
     def _validate(self, request: Request) -> None:
         if request.request_id in self._known_ids:

@@ -7,6 +7,7 @@ from inference.engine.config import EngineConfig
 from inference.engine.cuda_graphs import DecodeGraphs
 from inference.engine.lora import LoraBatch, LoraSlotWeights
 from inference.engine.model import AttentionMetadata, Transformer
+from inference.engine.sampling import sample_next_tokens
 from inference.engine.scheduler import ScheduledChunk, SchedulerOutput, StepResult
 from inference.engine.sequence import RequestKind
 from inference.kernels import step_lens, use_triton
@@ -116,9 +117,9 @@ class ModelRunner:
                 results[request.request_id] = StepResult(request.request_id, label_logits=tuple(values))
         if gens:
             rows = torch.tensor([row for _, row in gens], device=self.device)
-            tokens = self.model.logits(hidden[rows]).argmax(dim=-1).cpu().tolist()       # [N]
-            for (request, _), token in zip(gens, tokens):
-                results[request.request_id] = StepResult(request.request_id, next_token_id=token)
+            picks = sample_next_tokens(self.model.logits(hidden[rows]), [r for r, _ in gens])   # [N]
+            for (request, _), (token, logprobs) in zip(gens, picks):
+                results[request.request_id] = StepResult(request.request_id, next_token_id=token, logprobs=logprobs)
         return results
 
 

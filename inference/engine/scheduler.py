@@ -5,9 +5,11 @@ scheduler lets the first catch up with the second as far as the budget allows. A
 prompt is thus prefilled in chunks, a prefix-cache hit simply starts with some tokens
 computed, and a decode is a step of one token. Running requests go first; when blocks
 run out the least urgent running request is preempted (its KV dropped, recomputed later).
-Waiting requests are admitted earliest-deadline-first, except that one waiting longer
-than `starvation_timeout_s` goes ahead of all deadlines. A request whose deadline can
-no longer be met is answered as expired.
+Requests are ordered by class first (`Priority`: forecasts, then interactive HTTP, then
+warm-ups), and a batch full of a less urgent class gives up seats to a more urgent one.
+Within a class, waiting requests are admitted earliest-deadline-first, except that one
+waiting longer than `starvation_timeout_s` goes ahead of all deadlines of its class. A
+request whose deadline can no longer be met is answered as expired.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 from inference.engine.block_manager import BlockManager, CachedPrefix
 from inference.engine.config import EngineConfig
-from inference.engine.sequence import Request, RequestKind, RequestStatus
+from inference.engine.sequence import Request, RequestKind, RequestStatus, TokenLogprobs
 
 
 @dataclass(slots=True)
@@ -55,6 +57,7 @@ class StepResult:
     request_id: str
     next_token_id: int | None = None
     label_logits: tuple[float, ...] | None = None
+    logprobs: TokenLogprobs | None = None
 
 
 class Scheduler:
@@ -74,20 +77,36 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def priority(self, request: Request, now_ns: int) -> tuple:
-        """Smaller is more urgent: starved requests by arrival, then by deadline."""
+        """Smaller is more urgent: by class, then starved requests by arrival, then by deadline."""
         waited_s = (now_ns - request.arrival_ns) / 1e9
         if waited_s > self.config.starvation_timeout_s:
-            return (0, request.arrival_ns, 0)
+            return (request.priority, 0, request.arrival_ns, 0)
         deadline = math.inf if request.deadline_ns is None else request.deadline_ns
-        return (1, deadline, request.arrival_ns)
+        return (request.priority, 1, deadline, request.arrival_ns)
 
     def schedule(self, now_ns: int, step_time_ns: int = 0) -> SchedulerOutput:
         out = SchedulerOutput()
         self._expire(now_ns, step_time_ns, out)
+        yielded = self._yield_seats(now_ns, out)
         budget = self._schedule_running(now_ns, out, self.config.max_num_batched_tokens)
-        if not out.preempted:
+        if len(out.preempted) == yielded:     # no request was preempted for want of blocks
             self._admit_waiting(now_ns, out, budget)
         return out
+
+    def _yield_seats(self, now_ns: int, out: SchedulerOutput) -> int:
+        """When the batch is full, waiting requests of a more urgent class take the seats of running ones
+        of a less urgent class (preempted): a forecast never waits for a batch of chats to finish."""
+        free, yielded = self.config.max_num_seqs - len(self.running), 0
+        for request in sorted(self.waiting, key=lambda r: self.priority(r, now_ns)):
+            if free > 0:
+                free -= 1
+                continue
+            victim = max(self.running, key=lambda r: self.priority(r, now_ns), default=None)
+            if victim is None or victim.priority <= request.priority:
+                break
+            self._preempt(victim, out)
+            yielded += 1
+        return yielded
 
     def _expire(self, now_ns: int, step_time_ns: int, out: SchedulerOutput) -> None:
         for request in list(self.waiting):
@@ -154,7 +173,7 @@ class Scheduler:
             num_new = min(request.num_tokens - cached.num_tokens, budget)
             if not self.block_manager.can_allocate(request, num_new, cached):
                 return
-            self._admit(request, cached, num_new, out)
+            self._admit(request, cached, num_new, out, now_ns)
             if request.adapter is not None:
                 adapters.add(request.adapter)
             budget -= num_new
@@ -164,10 +183,13 @@ class Scheduler:
             return True
         return len(adapters) < self.config.max_adapter_slots
 
-    def _admit(self, request: Request, cached: CachedPrefix, num_new: int, out: SchedulerOutput) -> None:
+    def _admit(self, request: Request, cached: CachedPrefix, num_new: int, out: SchedulerOutput,
+               now_ns: int) -> None:
         self.block_manager.record_prefix_query(request, cached)
         self.block_manager.allocate(request, num_new, cached)
         request.num_cached_tokens = cached.num_tokens
+        if request.first_scheduled_ns is None:
+            request.first_scheduled_ns = now_ns
         request.num_computed_tokens = request.num_cached_tokens
         request.status = RequestStatus.RUNNING
         self.waiting.remove(request)
@@ -195,7 +217,7 @@ class Scheduler:
         if request.kind is RequestKind.SCORE:
             request.label_logits = result.label_logits
             return True
-        request.append_token(result.next_token_id)
+        request.append_token(result.next_token_id, result.logprobs)
         return request.is_generation_done()
 
     def abort(self, request_id: str, now_ns: int) -> Request | None:

@@ -14,12 +14,14 @@ from schemas import DIRECTIONS
 
 @dataclass(frozen=True, slots=True)
 class ScoreItem:
-    """One prompt to score; `deadline_ns` is wall-clock (time.time_ns()) or None for no deadline."""
+    """One prompt to score; `deadline_ns` is wall-clock (time.time_ns()) or None for no deadline;
+    `background`: a warm-up, scheduled after forecasts and interactive requests (engines that schedule)."""
 
     request_id: str
     prompt: str
     adapter: str | None = None
     deadline_ns: int | None = None
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from inference.engine.config import EngineConfig
 from inference.engine.engine import Engine, RequestOutput
-from inference.engine.sequence import RequestKind, RequestStatus
+from inference.engine.sequence import Priority, RequestKind, RequestStatus
 from inference.checkpoints import model_fingerprint
 from inference.scorers.base import ScoreItem, ScoreResult
 from inference.scorers.prompting import PromptFormat
@@ -31,6 +31,7 @@ class EngineScorer:
                  config: EngineConfig | None = None) -> None:
         from transformers import AutoTokenizer
 
+        self.model_dir = str(model_dir)
         self.model_name = f"{Path(model_dir).resolve().name}@{model_fingerprint(model_dir)}"   # as HFScorer
         self.engine = Engine(model_dir, config, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -61,12 +62,11 @@ class EngineScorer:
     def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
         """Results in the order of `items`. An item the engine cannot take (an unregistered adapter,
         a prompt longer than the KV pool) is answered as failed: probs None, not expired."""
-        submitted = [(item, self._submit(item)) for item in items]
+        submitted = [(item, self.submit(item)) for item in items]
         outputs = self._drain({rid for _, rid in submitted if rid is not None})
-        return [self._result(item, outputs[rid]) if rid is not None else ScoreResult(item.request_id, None)
-                for item, rid in submitted]
+        return [self.result(item, outputs[rid] if rid is not None else None) for item, rid in submitted]
 
-    def _submit(self, item: ScoreItem) -> str | None:
+    def submit(self, item: ScoreItem) -> str | None:
         """Add the item to the engine and return its engine id; None when refused (logged)."""
         if item.adapter is not None and item.adapter not in self.engine.registry:
             self.num_rejected += 1
@@ -77,7 +77,8 @@ class EngineScorer:
         rid = f"score-{next(self._ids)}"
         try:
             self.engine.add_request(rid, self.encode(item.prompt), RequestKind.SCORE, adapter=item.adapter,
-                                    deadline_ns=item.deadline_ns, label_token_ids=self.label_token_ids)
+                                    deadline_ns=item.deadline_ns, label_token_ids=self.label_token_ids,
+                                    priority=Priority.BACKGROUND if item.background else Priority.DEADLINE)
         except ValueError as error:
             self.num_rejected += 1
             log.warning("request %s not scored: %s", item.request_id, error)
@@ -104,7 +105,10 @@ class EngineScorer:
         return outputs
 
     @staticmethod
-    def _result(item: ScoreItem, output: RequestOutput) -> ScoreResult:
+    def result(item: ScoreItem, output: RequestOutput | None) -> ScoreResult:
+        """The answer to `item` from its engine output (None: the engine refused it)."""
+        if output is None:
+            return ScoreResult(item.request_id, None)
         if output.status is not RequestStatus.FINISHED:
             return ScoreResult(item.request_id, None, expired=output.status is RequestStatus.EXPIRED)
         return ScoreResult(item.request_id, softmax(output.label_logits))

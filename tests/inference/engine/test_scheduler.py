@@ -254,3 +254,29 @@ def test_fuzz_warm_ups_then_extensions_with_preemption_and_aborts():
     drain(sched, kv, now_ns=10**6)
     assert sched.block_manager.pool.num_free == 20
     assert sched.num_preemptions > 0 and partial_hits > 50
+
+
+def test_a_forecast_queued_behind_many_http_requests_is_scheduled_first():
+    from inference.engine.sequence import Priority
+
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=16, max_num_seqs=4))
+    for i in range(12):
+        request = generate(f"http{i}", 6, max_new=50)
+        request.priority = Priority.INTERACTIVE
+        sched.add(request)
+    for _ in range(3):                                   # the batch fills with chats
+        step(sched, now_ns=0)
+    assert len(sched.running) == 4
+    warm = score("warm", 6)
+    warm.priority = Priority.BACKGROUND
+    sched.add(warm)
+    sched.add(score("forecast", 6, arrival_ns=1, deadline_ns=10 * S))
+    out, finished = step(sched, now_ns=2)
+    assert "forecast" in [c.request.request_id for c in out.chunks]
+    assert [r.request_id for r in finished] == ["forecast"]
+    assert len(out.preempted) == 1 and out.preempted[0].priority is Priority.INTERACTIVE
+    order = []
+    while sched.has_unfinished():
+        order += [r.request_id for r in step(sched, now_ns=3)[1]]
+    assert order[-1] == "warm"                               # warm-ups after every chat
+    assert sched.block_manager.pool.num_free == 256

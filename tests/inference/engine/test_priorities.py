@@ -1,0 +1,49 @@
+"""Scheduling classes in the real engine: an HTTP flood does not make a forecast expire that would not have
+expired without it; without the classes (every request a forecast's) the same forecast expires."""
+import pytest
+
+from inference.engine.config import EngineConfig
+from inference.engine.engine import Engine
+from inference.engine.sequence import Priority, RequestKind, RequestStatus, SamplingParams
+
+from .conftest import ENGINE_DEVICE
+
+STEP_NS = 10_000_000          # the fake clock moves 10 ms per step
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 10**18
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def forecast_status(model_dir, chats_priority: Priority | None) -> RequestStatus:
+    clock = StepClock()
+    engine = Engine(model_dir, EngineConfig(block_size=4, num_blocks=512, max_num_seqs=8, max_num_batched_tokens=64),
+                    ENGINE_DEVICE, clock_ns=clock)
+    prompt = [5, 9, 13, 2, 7, 11]
+    if chats_priority is not None:
+        for i in range(40):
+            engine.add_request(f"http{i}", prompt, RequestKind.GENERATE, max_new_tokens=60, priority=chats_priority,
+                               sampling=SamplingParams(temperature=1.0, seed=i))
+        for _ in range(5):                                        # the chats fill the batch
+            clock.now += STEP_NS
+            engine.step()
+    engine.add_request("forecast", prompt[::-1], RequestKind.SCORE, label_token_ids=(1, 2, 3),
+                       deadline_ns=clock.now + 20 * STEP_NS)
+    while True:
+        clock.now += STEP_NS
+        for output in engine.step():
+            if output.request_id == "forecast":
+                return output.status
+
+
+@pytest.mark.parametrize("chats, expected", [
+    (None, RequestStatus.FINISHED),                          # no HTTP load
+    (Priority.INTERACTIVE, RequestStatus.FINISHED),          # a flood of chats, in their class
+    (Priority.DEADLINE, RequestStatus.EXPIRED),              # the same flood without classes
+])
+def test_an_http_flood_does_not_make_a_forecast_expire(tiny_qwen2, chats, expected):
+    assert forecast_status(tiny_qwen2["model_dir"], chats) is expected
