@@ -43,7 +43,7 @@ class DemoOptions:
     bootstrap: str | None = None        # None: start the embedded broker
     redis_url: str | None = None        # None: start the embedded Redis
     engine: str = "paged"
-    model: str | None = None
+    model: str | None = None            # None: FINLLM_MODEL, else the default model
     timeout_s: float = 600.0            # for all forecasts to arrive after the replay
     inject_bad: int = 0                 # malformed records sent before the tape, to show they are contained
     agents_workers: int = 1             # Faust workers in one group: they split the symbols by partition
@@ -94,9 +94,10 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     # everything runs on this machine: the model's threads leave a core to the broker, agents and replay
     # (on 2 cores, 2 model threads made a step ~1.7x slower than 1 under their load: bench/RESULTS.md)
     env.setdefault("FINLLM_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
-    if opts.model:
-        env["FINLLM_MODEL"] = opts.model
-    routing = shipped_routing(opts.model) if opts.adapters else None
+    model = opts.model or os.environ.get("FINLLM_MODEL") or None   # None: the default model
+    if model:
+        env["FINLLM_MODEL"] = model
+    routing = shipped_routing(model) if opts.adapters else None
     if routing:   # trained for the served model: each symbol's requests name its sector's adapter
         env.update(routing.env())
     started = time.monotonic()
