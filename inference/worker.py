@@ -205,7 +205,7 @@ class InferenceWorker:
         await asyncio.gather(*sends)
         self.forecasts_published += len(forecasts)
         self.metrics.observe_forecasts(forecasts)
-        await self._store_latest(forecasts)
+        await self._store_latest(forecasts, {r.id: r.prompt for r in requests})
 
     def _queue_warmups(self, requests: list[InferenceRequest]) -> list[InferenceRequest]:
         """Warm-ups (predictive buffering: the known head of a coming trigger's prompt) wait in the warm
@@ -266,12 +266,13 @@ class InferenceWorker:
             results = [None] * len(items)
         return results, (time.perf_counter() - started) * 1e3
 
-    async def _store_latest(self, forecasts: list[Forecast]) -> None:
+    async def _store_latest(self, forecasts: list[Forecast], prompts: dict[str, str]) -> None:
+        """Each forecast, with the prompt it was scored on (by request id: `finllm explain` reads it)."""
         if not self.latest:
             return
         try:
             for forecast in forecasts:
-                await self.latest.store(forecast)
+                await self.latest.store(forecast, prompts.get(forecast.id))
         except Exception as error:  # Redis down: forecasts still flow; the latest view catches up later
             self.metrics.redis_errors.labels("latest").inc()
             log.warning("could not store latest forecasts in Redis: %s", error)
@@ -303,7 +304,8 @@ async def main_async() -> None:
     try:
         async with contextlib.AsyncExitStack() as http:
             if os.environ.get(HTTP_PORT_ENV):     # the HTTP API beside Kafka: one engine, forecasts first
-                worker.scorer = await http.enter_async_context(serve_http(scorer, cfg, worker.metrics.registry))
+                worker.scorer = await http.enter_async_context(serve_http(scorer, cfg, worker.metrics.registry,
+                                                                          worker.latest))
             await worker.run()
     finally:
         observing.cancel()
@@ -312,15 +314,16 @@ async def main_async() -> None:
 
 
 @contextlib.asynccontextmanager
-async def serve_http(scorer: Scorer, cfg: WorkerConfig, registry):
+async def serve_http(scorer: Scorer, cfg: WorkerConfig, registry, latest: LatestStore | None = None):
     """The OpenAI-compatible API (inference.api) on FINLLM_HTTP_PORT over the worker's engine; yields the
-    scorer the worker then scores with (through the same engine loop)."""
+    scorer the worker then scores with (through the same engine loop). `latest`: the worker's store of
+    the latest forecasts, which /v1/explain reads."""
     from inference.api.protocol import ApiSettings
     from inference.api.server import ApiMetrics, serving
 
     if cfg.engine != "paged":
         raise SystemExit(f"{HTTP_PORT_ENV} needs FINLLM_ENGINE=paged (the engine that serves HTTP)")
-    async with serving(scorer, ApiSettings.from_env(), ApiMetrics(registry)) as (_, url, shared):
+    async with serving(scorer, ApiSettings.from_env(), ApiMetrics(registry), latest) as (_, url, shared):
         log.info("HTTP API on %s/v1", url)
         yield shared
 

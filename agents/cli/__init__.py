@@ -12,6 +12,7 @@ from agents.cli.adapters import adapters
 from agents.cli.audit import audit
 from agents.cli.demo import demo
 from agents.cli.eval import eval_cmd
+from agents.cli.explain import explain
 from agents.cli.model import model
 from agents.cli.serve import serve
 from agents.cli.stack import latest, replay_cmd, status, tail, up
@@ -23,7 +24,8 @@ def cli() -> None:
     """Fin-LLM-Inference: ticks and news in, fused LLM forecasts out."""
 
 
-for command in (up, replay_cmd, tail, latest, status, tape, demo, adapters, eval_cmd, audit, model, serve):
+for command in (up, replay_cmd, tail, latest, status, tape, demo, adapters, eval_cmd, audit, model, serve,
+                explain):
     cli.add_command(command)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from agents.cli.options import model_option
+from agents.cli.options import model_option, prefix_option, redis_option
 
 
 @click.command()
@@ -16,18 +16,19 @@ from agents.cli.options import model_option
 @click.option("--device", envvar="FINLLM_DEVICE", help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", envvar="FINLLM_ENGINE_DTYPE", help="Engine dtype (default: float64 on CPU, bfloat16 on CUDA).")
 @click.option("--threads", type=int, envvar="FINLLM_TORCH_THREADS", help="torch CPU threads.")
+@redis_option("Redis URL of the stack whose latest forecasts /v1/explain/SYMBOL explains (none: no explain).")
+@prefix_option()
 def serve(host: str, port: int, model: str | None, adapter_specs: tuple[str, ...], no_adapters: bool,
-          device: str | None, dtype: str | None, threads: int | None) -> None:
-    """Serve /v1/models, /v1/completions and /v1/chat/completions (streaming or not), /health and /metrics.
-    FINLLM_API_KEYS (comma-separated) requires a bearer key; FINLLM_HTTP_MAX_* set the limits."""
+          device: str | None, dtype: str | None, threads: int | None, redis_url: str | None, prefix: str) -> None:
+    """Serve /v1/models, /v1/completions and /v1/chat/completions (streaming or not), /v1/explain/SYMBOL
+    (with --redis), /health and /metrics. FINLLM_API_KEYS (comma-separated) requires a bearer key;
+    FINLLM_HTTP_MAX_* set the limits."""
     import asyncio
     import logging
 
-    from inference.adapters.shipped import shipped_routing
     from inference.api.protocol import ApiSettings
     from inference.api.server import serving
-    from inference.checkpoints import resolve_model_dir
-    from inference.worker import WorkerConfig, configured_scorer
+    from streams.latest import LatestStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     named = {}
@@ -36,20 +37,36 @@ def serve(host: str, port: int, model: str | None, adapter_specs: tuple[str, ...
         if not sep or not name or not path:
             raise click.BadParameter(f"{spec!r}: expected NAME=PATH", param_hint="--adapter")
         named[name] = path
-    model_dir = str(resolve_model_dir(model))
-    routing = None if no_adapters else shipped_routing(model_dir)
-    adapters = {name: str(path) for name, path in (routing.adapters if routing else {}).items()} | named
-    cfg = WorkerConfig(engine="paged", model_dir=model_dir, adapters=tuple(adapters.items()), device=device,
-                       dtype=dtype, torch_threads=threads)
-    scorer = configured_scorer(cfg)
+    scorer, adapters = engine_scorer(model, named, no_adapters, device=device, dtype=dtype, threads=threads)
     settings = ApiSettings.from_env(host=host, port=port)
 
     async def run() -> None:
-        async with serving(scorer, settings) as (_, url, _scorer):
-            click.echo(f"serving {scorer.model_name} and {len(adapters)} adapter(s) on {url}/v1", err=True)
-            await asyncio.Event().wait()
+        latest = LatestStore.from_url(redis_url, prefix) if redis_url else None
+        try:
+            async with serving(scorer, settings, latest=latest) as (_, url, _scorer):
+                click.echo(f"serving {scorer.model_name} and {len(adapters)} adapter(s) on {url}/v1", err=True)
+                await asyncio.Event().wait()
+        finally:
+            if latest is not None:
+                await latest.close()
 
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+
+
+def engine_scorer(model: str | None, named: dict[str, str], no_adapters: bool = False, *, device: str | None = None,
+                  dtype: str | None = None, threads: int | None = None):
+    """The paged engine's scorer for `model` with its shipped adapters (unless `no_adapters`) and the `named`
+    ones (NAME -> PATH, these win): (scorer, {name: path})."""
+    from inference.adapters.shipped import shipped_routing
+    from inference.checkpoints import resolve_model_dir
+    from inference.worker import WorkerConfig, configured_scorer
+
+    model_dir = str(resolve_model_dir(model))
+    routing = None if no_adapters else shipped_routing(model_dir)
+    adapters = {name: str(path) for name, path in (routing.adapters if routing else {}).items()} | named
+    cfg = WorkerConfig(engine="paged", model_dir=model_dir, adapters=tuple(adapters.items()), device=device,
+                       dtype=dtype, torch_threads=threads)
+    return configured_scorer(cfg), adapters

@@ -17,6 +17,7 @@ MAX_STOP_STRINGS = 4
 MAX_COMPLETION_LOGPROBS = 5      # the completions API's bound on `logprobs`
 MAX_CHAT_TOP_LOGPROBS = 20       # the chat API's bound on `top_logprobs`
 DEFAULT_COMPLETION_TOKENS = 16   # the completions API's default `max_tokens`
+EXPLAIN_MAX_TOKENS = 160         # /v1/explain without `max_tokens`: at most this many (fewer when the context is full)
 
 
 class ApiError(Exception):
@@ -78,6 +79,7 @@ class GenerationSpec:
     stream: bool
     include_usage: bool
     ignore_eos: bool
+    max_tokens_cap: int | None = None  # with `max_tokens` None: at most this many (rather than as many as fit)
 
 
 def _field(body: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
@@ -141,6 +143,19 @@ def parse_completion(body: Any) -> GenerationSpec:
     if not (isinstance(prompt, str) or token_ids) or not prompt:
         raise ApiError(400, "'prompt' must be one non-empty string or one list of token ids", param="prompt")
     return GenerationSpec(prompt=prompt, messages=(), **common)
+
+
+def parse_explain(body: Any, model: str, prompt: str) -> GenerationSpec:
+    """A /v1/explain/{symbol} request: the body (optional) may set `max_tokens`, `temperature` (default 0),
+    `top_p`, `seed`, `stop` and `stream` (default true); the model (the forecast's adapter) and the prompt
+    (`inference.api.explain`) come from the forecast."""
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    common = _common({"stream": True, "temperature": 0.0} | body | {"model": model}, chat=False, logprobs=None)
+    if body.get("max_tokens") is None:
+        common["max_tokens"] = None
+    return GenerationSpec(prompt=prompt, messages=(), max_tokens_cap=EXPLAIN_MAX_TOKENS, **common)
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")

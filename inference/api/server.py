@@ -3,7 +3,10 @@ worker (FINLLM_HTTP_PORT).
 
 Routes: GET /health, GET /v1/models (the base model and every registered adapter), POST /v1/completions,
 POST /v1/chat/completions (the model's chat template), each non-streaming or streaming (server-sent
-events: `data: {chunk}` lines, then `data: [DONE]`), and GET /metrics (Prometheus). `model` names the
+events: `data: {chunk}` lines, then `data: [DONE]`), GET or POST /v1/explain/{symbol} (the model explains
+the symbol's latest forecast through the forecast's adapter, from the prompt it was scored on, kept in
+Redis beside it: `inference.api.explain`; streamed as completion chunks unless the body says
+`"stream": false`), and GET /metrics (Prometheus). `model` names the
 base model or an adapter. Every error, ours or the server library's (unknown route, wrong method), is
 answered in the OpenAI shape. With FINLLM_API_KEYS set, every route but /health and /metrics needs
 `Authorization: Bearer <one of the keys>`. The usage block adds `timing` (tokenize, queue, prefill and
@@ -29,10 +32,15 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from redis.exceptions import RedisError
+
+from inference.api.explain import Explainable
 from inference.api.loop import Delta, EngineLoop, LoopScorer, Timing
-from inference.api.protocol import ApiError, ApiSettings, GenerationSpec, TextStream, parse_chat, parse_completion
+from inference.api.protocol import (ApiError, ApiSettings, GenerationSpec, TextStream, parse_chat, parse_completion,
+                                    parse_explain)
 from inference.engine.sequence import RequestStatus
 from inference.metrics import EngineGauges
+from streams.latest import LatestStore
 from streams.metrics import LATENCY_BUCKETS_S
 
 log = logging.getLogger("finllm.api")
@@ -59,8 +67,9 @@ class ApiMetrics:
 
 class ApiServer:
     def __init__(self, loop: EngineLoop, settings: ApiSettings, base_names: Iterable[str],
-                 metrics: ApiMetrics | None = None) -> None:
+                 metrics: ApiMetrics | None = None, latest: LatestStore | None = None) -> None:
         self.loop = loop
+        self.latest = latest                       # the latest forecasts (Redis), for /v1/explain
         self.settings = settings
         self.base_names = tuple(dict.fromkeys(base_names))
         self.metrics = metrics or ApiMetrics()
@@ -80,6 +89,8 @@ class ApiServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_route("GET", "/v1/explain/{symbol}", self.explain)
+        app.router.add_route("POST", "/v1/explain/{symbol}", self.explain)
         return app
 
     async def start(self) -> str:
@@ -157,6 +168,20 @@ class ApiServer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, parse_chat(await _body(request)))
 
+    async def explain(self, request: web.Request) -> web.StreamResponse:
+        if self.latest is None:
+            raise ApiError(503, "this server reads no latest forecasts: give it Redis (`finllm serve --redis URL`, "
+                           "or FINLLM_REDIS_URL for the worker)", code="explain_unavailable")
+        symbol = request.match_info["symbol"]
+        body = await _body(request) if request.method == "POST" and request.can_read_body else None
+        try:
+            forecast, prompt = await self.latest.read_with_prompt(symbol)
+        except (RedisError, OSError) as error:
+            raise ApiError(503, f"could not read the latest forecast from Redis: {error}") from None
+        target = Explainable.of(symbol, forecast, prompt)
+        text = target.prompt_text(self.loop.scorer.prompt_format)
+        return await self._generate(request, parse_explain(body, target.adapter or self.base_names[0], text))
+
     # generation ----------------------------------------------------------------------------------
     async def _generate(self, request: web.Request, spec: GenerationSpec) -> web.StreamResponse:
         adapter = self._adapter(spec.model)
@@ -174,7 +199,7 @@ class ApiServer:
         started = time.perf_counter()
         prompt_ids = self._encode(spec)
         tokenize_ms = (time.perf_counter() - started) * 1e3
-        max_tokens = self._check_lengths(len(prompt_ids), spec.max_tokens)
+        max_tokens = self._check_lengths(len(prompt_ids), spec.max_tokens, spec.max_tokens_cap)
         run = _Run(spec, len(prompt_ids), tokenize_ms, TextStream(self.tokenizer, spec.stop))
         deltas = self.loop.generate(prompt_ids, max_tokens=max_tokens, adapter=adapter, sampling=spec.sampling,
                                     stop_token_ids=() if spec.ignore_eos else self.end_token_ids)
@@ -273,7 +298,7 @@ class ApiServer:
             raise ApiError(400, "the prompt encodes to no tokens", param="prompt")
         return token_ids
 
-    def _check_lengths(self, num_prompt: int, max_tokens: int | None) -> int:
+    def _check_lengths(self, num_prompt: int, max_tokens: int | None, cap: int | None = None) -> int:
         prompt_limit = min(self.settings.max_prompt_tokens or self.context - 1, self.context - 1)
         if num_prompt > prompt_limit:
             raise ApiError(400, f"the prompt has {num_prompt} tokens; this server takes at most {prompt_limit}",
@@ -283,7 +308,7 @@ class ApiServer:
                            f"{self.settings.max_tokens}", param="max_tokens", code="max_tokens_too_large")
         room = self.context - num_prompt + 1
         if max_tokens is None:
-            return min(self.settings.max_tokens, room)
+            return min(self.settings.max_tokens, room, cap or room)
         if max_tokens > room:
             raise ApiError(400, f"the prompt ({num_prompt} tokens) and max_tokens ({max_tokens}) exceed the "
                            f"model's context of {self.context} tokens", param="max_tokens",
@@ -389,11 +414,12 @@ def served_names(model_dir: str, model_name: str) -> tuple[str, ...]:
 
 
 @contextlib.asynccontextmanager
-async def serving(scorer, settings: ApiSettings, metrics: ApiMetrics | None = None):
+async def serving(scorer, settings: ApiSettings, metrics: ApiMetrics | None = None, latest: LatestStore | None = None):
     """Run the API over `scorer` (an EngineScorer) until the block exits: (server, base URL, LoopScorer).
-    The LoopScorer lets other callers (the worker's forecasts) share the engine."""
+    The LoopScorer lets other callers (the worker's forecasts) share the engine. `latest` (Redis): the
+    forecasts /v1/explain explains; without it that route answers 503."""
     loop = EngineLoop(scorer).start()
-    server = ApiServer(loop, settings, served_names(scorer.model_dir, scorer.model_name), metrics)
+    server = ApiServer(loop, settings, served_names(scorer.model_dir, scorer.model_name), metrics, latest)
     try:
         url = await server.start()
         yield server, url, LoopScorer(loop)

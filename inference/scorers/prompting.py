@@ -12,6 +12,7 @@ import os
 
 from inference.checkpoints import PromptSettings, prompt_settings
 from inference.scorers.base import label_token_ids
+from schemas import DIRECTIONS
 
 
 class PromptFormat:
@@ -37,8 +38,22 @@ class PromptFormat:
         """The text to encode: `prompt` itself (plain) or the chat up to the assistant's first token."""
         if not self.settings.chat:
             return prompt
-        messages = [{"role": "user", "content": prompt}]
+        return self._chat([{"role": "user", "content": prompt}]) + self.settings.answer_prefix
+
+    def render_follow_up(self, prompt: str, direction: str, question: str) -> str:
+        """The text up to the model's reply to `question`, asked after it answered `prompt` with `direction`
+        (the label the forecast was read from): plain, the three one after the other; chat, a second user
+        turn after the assistant's answer."""
+        answer = self.settings.label_words[DIRECTIONS.index(direction)]
+        if not self.settings.chat:
+            return f"{prompt}{answer}\n\n{question}\n"
+        return self._chat([{"role": "user", "content": prompt},
+                           {"role": "assistant", "content": self.settings.answer_prefix + answer},
+                           {"role": "user", "content": question}])
+
+    def _chat(self, messages: list[dict]) -> str:
+        """`messages` after the model's system turn (when its settings name one), in its chat template, up
+        to the assistant's next turn."""
         if self.settings.system is not None:
-            messages.insert(0, {"role": "system", "content": self.settings.system})
-        chat = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return chat + self.settings.answer_prefix
+            messages = [{"role": "system", "content": self.settings.system}] + messages
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
