@@ -173,3 +173,14 @@ def test_explain_command_streams_from_a_server(server, client, redis_url, prefix
     assert missing.exit_code != 0 and "no forecast for NOPE yet" in missing.output
     refused = runner.invoke(cli, ["explain", "EAST", "--url", server.url])
     assert refused.exit_code != 0 and "API key" in refused.output
+
+
+def test_explain_command_loads_the_model_itself_without_url(server, redis_url, prefix):
+    from agents.cli import cli
+
+    through_the_worker(server, redis_url, prefix, request("FERN", T0, "Fern wins a tender", None))
+    done = CliRunner().invoke(cli, ["explain", "FERN", "--redis", redis_url, "--prefix", prefix, "--model", "tiny",
+                                    "--max-tokens", "4"])
+    assert done.exit_code == 0, done.output
+    missing = CliRunner().invoke(cli, ["explain", "NOPE", "--redis", redis_url, "--prefix", prefix, "--model", "tiny"])
+    assert missing.exit_code != 0 and "no forecast for NOPE yet" in missing.output

@@ -47,3 +47,13 @@ def test_the_tiny_name_is_the_tiny_folder_and_the_default_is_the_real_model(tmp_
     monkeypatch.setenv("FINLLM_CACHE_DIR", str(tmp_path))
     assert resolve_model_dir("tiny") == tmp_path / "models" / MODELS["tiny"].folder
     assert DEFAULT_MODEL == "smollm2-135m" and MODELS[DEFAULT_MODEL].source is not None
+
+
+def test_a_follow_up_question_comes_after_the_forecasts_answer(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    plain = PromptFormat.for_model(tokenizer, tiny_model_dir)
+    assert plain.render_follow_up(PROMPT, "down", "Why?") == f"{PROMPT} down\n\nWhy?\n"
+    chat = PromptFormat(tokenizer, PromptSettings(chat=True, system="Be brief.", answer_prefix="Direction:"))
+    assert chat.render_follow_up(PROMPT, "up", "Why?") == (
+        f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{PROMPT}<|im_end|>\n"
+        "<|im_start|>assistant\nDirection: up<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n")
