@@ -1,7 +1,8 @@
 """The Kafka-facing inference worker: requests in, fused forecasts out.
 
 Consume a batch of inference requests, score them with the language model (any `Scorer`), fuse
-with the numeric signal, publish the forecasts, record the latest per symbol in Redis, and only
+with the numeric signal, publish the forecasts, record the latest per symbol in Redis (with the prompt it
+was scored on, which `finllm explain` asks the model about), and only
 then commit the consumed offsets, so a crash replays requests rather than losing them.
 Run it as `python -m inference.worker` (settings from the environment, see `WorkerConfig.from_env`).
 """
