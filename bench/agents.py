@@ -163,7 +163,10 @@ def main() -> None:
     symbols = args.symbols or (10 if args.quick else 40)
     minutes = args.minutes or (30 if args.quick else 60)
     tape = synth_tape(symbols, minutes, seed=1)
-    figures = {"symbols": symbols, "minutes": minutes, "ticks": tape.ticks.height, "bundle_ms": BUNDLE_MS}
+    from inference.engine.cpu import describe_processor
+
+    figures = {"symbols": symbols, "minutes": minutes, "ticks": tape.ticks.height, "bundle_ms": BUNDLE_MS,
+               "cpu": describe_processor()}
     figures |= bench_pure(tape)
     print(f"pure: {figures['pure_ticks_per_s']:,} ticks/s in bundles, "
           f"{figures['pure_single_record_ticks_per_s']:,} ticks/s one record each", flush=True)

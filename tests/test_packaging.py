@@ -59,3 +59,11 @@ def test_wheel_ships_the_packages_and_their_data(wheel):
     assert {f"{package}/__init__.py" for package in PACKAGES} <= names
     assert "streams/data/sample_tape/ticks.parquet" in names
     assert any(name.startswith("inference/data/adapters/") and name.endswith(".safetensors") for name in names)
+
+
+def test_no_bench_script_shadows_a_standard_library_module():
+    """`python bench/X.py` puts bench/ first on sys.path: a bench/http.py there broke every bench script
+    whose imports reach the standard library's `http` package."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    shadowing = sorted(p.name for p in bench.glob("*.py") if p.stem in sys.stdlib_module_names)
+    assert not shadowing

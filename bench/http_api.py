@@ -8,9 +8,9 @@ request: decode time over tokens after the first), tokens/s (all clients' tokens
 same tokens/s for transformers, and forecast latency p99 alone and under the HTTP load. Both run float32
 greedy with a fixed answer length (ignore_eos). Last line: one JSON object.
 
-    python bench/http.py --quick            # about two minutes on 2 CPU cores (default model)
-    python bench/http.py --quick --threads 1   # on a machine other jobs share
-    python bench/http.py --clients 16 --requests 4 --max-tokens 64
+    python bench/http_api.py --quick            # about two minutes on 2 CPU cores (default model)
+    python bench/http_api.py --quick --threads 1   # on a machine other jobs share
+    python bench/http_api.py --clients 16 --requests 4 --max-tokens 64
 """
 from __future__ import annotations
 
