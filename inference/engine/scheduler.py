@@ -6,7 +6,8 @@ prompt is thus prefilled in chunks, a prefix-cache hit simply starts with some t
 computed, and a decode is a step of one token. Running requests go first; when blocks
 run out the least urgent running request is preempted (its KV dropped, recomputed later).
 Requests are ordered by class first (`Priority`: forecasts, then interactive HTTP, then
-warm-ups), and a batch full of a less urgent class gives up seats to a more urgent one.
+warm-ups), and a batch full of a less urgent class gives up seats, and the KV blocks a more
+urgent waiting request needs, to it.
 Within a class, waiting requests are admitted earliest-deadline-first, except that one
 waiting longer than `starvation_timeout_s` goes ahead of all deadlines of its class. A
 request whose deadline can no longer be met is answered as expired.
@@ -87,7 +88,7 @@ class Scheduler:
     def schedule(self, now_ns: int, step_time_ns: int = 0) -> SchedulerOutput:
         out = SchedulerOutput()
         self._expire(now_ns, step_time_ns, out)
-        yielded = self._yield_seats(now_ns, out)
+        yielded = self._yield_seats(now_ns, out) + self._yield_blocks(now_ns, out)
         budget = self._schedule_running(now_ns, out, self.config.max_num_batched_tokens)
         if len(out.preempted) == yielded:     # no request was preempted for want of blocks
             self._admit_waiting(now_ns, out, budget)
@@ -101,12 +102,33 @@ class Scheduler:
             if free > 0:
                 free -= 1
                 continue
-            victim = max(self.running, key=lambda r: self.priority(r, now_ns), default=None)
-            if victim is None or victim.priority <= request.priority:
+            if not self._preempt_less_urgent(request, now_ns, out):
                 break
-            self._preempt(victim, out)
             yielded += 1
         return yielded
+
+    def _yield_blocks(self, now_ns: int, out: SchedulerOutput) -> int:
+        """When KV blocks run out, the most urgent waiting request takes those of running requests of a less
+        urgent class (preempted, least urgent first): chats holding the cache cannot starve a forecast."""
+        waiting = min(self.waiting, key=lambda r: self.priority(r, now_ns), default=None)
+        if waiting is None:
+            return 0
+        cached = self.block_manager.find_cached_prefix(waiting)
+        num_new = min(waiting.num_tokens - cached.num_tokens, self.config.max_num_batched_tokens)
+        yielded = 0
+        while not self.block_manager.can_allocate(waiting, num_new, cached):
+            if not self._preempt_less_urgent(waiting, now_ns, out):
+                break
+            yielded += 1
+        return yielded
+
+    def _preempt_less_urgent(self, request: Request, now_ns: int, out: SchedulerOutput) -> bool:
+        """Preempt the least urgent running request if its class is less urgent than `request`'s."""
+        victim = max(self.running, key=lambda r: self.priority(r, now_ns), default=None)
+        if victim is None or victim.priority <= request.priority:
+            return False
+        self._preempt(victim, out)
+        return True
 
     def _expire(self, now_ns: int, step_time_ns: int, out: SchedulerOutput) -> None:
         for request in list(self.waiting):

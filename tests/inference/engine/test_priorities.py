@@ -47,3 +47,35 @@ def forecast_status(model_dir, chats_priority: Priority | None) -> RequestStatus
 ])
 def test_an_http_flood_does_not_make_a_forecast_expire(tiny_qwen2, chats, expected):
     assert forecast_status(tiny_qwen2["model_dir"], chats) is expected
+
+
+def steps_to_forecast_when_chats_hold_the_cache(model_dir, chats_priority: Priority) -> int:
+    """Seats to spare but the KV blocks held by chats: the forecast needs blocks, not a seat. The number of
+    engine steps from its arrival to its answer."""
+    clock = StepClock()
+    engine = Engine(model_dir, EngineConfig(block_size=4, num_blocks=16, max_num_seqs=8, max_num_batched_tokens=64,
+                                            enable_prefix_caching=False), ENGINE_DEVICE, clock_ns=clock)
+    for i in range(3):
+        engine.add_request(f"http{i}", [5, 9, 13, 2, 7, 11, i + 20], RequestKind.GENERATE, max_new_tokens=50,
+                           priority=chats_priority, sampling=SamplingParams(temperature=1.0, seed=i))
+    for _ in range(20):                                           # the chats grow into every block
+        clock.now += STEP_NS
+        engine.step()
+    prompt = [11, 7, 2, 13, 9, 5] * 3                             # needs 5 blocks of 4, one step of prefill
+    assert engine.scheduler.block_manager.pool.num_free < 5
+    engine.add_request("forecast", prompt, RequestKind.SCORE, label_token_ids=(1, 2, 3),
+                       deadline_ns=clock.now + 20 * STEP_NS)
+    for steps in range(1, 100):
+        clock.now += STEP_NS
+        for output in engine.step():
+            if output.request_id == "forecast":
+                assert output.status is RequestStatus.FINISHED
+                return steps
+    raise AssertionError("the forecast never finished")
+
+
+def test_chats_holding_the_kv_blocks_give_them_up_to_a_forecast_at_once(tiny_qwen2):
+    """In their class the chats yield their blocks at the forecast's first step; in the forecast's class
+    they keep them until one of them needs a new block and the least urgent is preempted."""
+    assert steps_to_forecast_when_chats_hold_the_cache(tiny_qwen2["model_dir"], Priority.INTERACTIVE) == 1
+    assert steps_to_forecast_when_chats_hold_the_cache(tiny_qwen2["model_dir"], Priority.DEADLINE) > 1
