@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -98,12 +97,11 @@ def _weights_json(weights: FusionWeights) -> dict:
 
 def adapter_fusions(adapter_paths: Mapping[str, str | os.PathLike]) -> dict[str, AdapterFusion]:
     """The fitted `fusion` of each adapter folder's card.json that has one (name -> weights)."""
-    import json
+    from inference.adapters.cards import read_card
 
     fitted = {}
     for name, folder in adapter_paths.items():
-        card = Path(folder) / "card.json"
-        raw = json.loads(card.read_text()).get("fusion") if card.is_file() else None
+        raw = read_card(folder).get("fusion")
         if raw:
             fitted[name] = AdapterFusion.from_json(raw)
     return fitted

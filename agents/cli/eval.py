@@ -90,7 +90,7 @@ def _setup(model: str | None, adapters_dir: Path | None, no_adapters: bool) -> t
 
 
 def _check_base(model_dir: Path, adapters: dict) -> None:
-    from inference.adapters.train import read_card
+    from inference.adapters.cards import read_card
     from inference.checkpoints import model_fingerprint
 
     served = model_fingerprint(model_dir)

@@ -91,7 +91,9 @@ def numeric_array(examples: Sequence[Example]) -> np.ndarray:
 
 def example_clusters(examples: Sequence[Example], cluster_s: int = 300) -> np.ndarray:
     """One cluster per symbol and `cluster_s` block of event time: [N] labels."""
-    return np.asarray([f"{e.request.symbol}:{e.ts_ns // (cluster_s * NS_PER_S)}" for e in examples])
+    return _clusters(pl.DataFrame({"symbol": [e.request.symbol for e in examples],
+                                   "ts_ns": [e.ts_ns for e in examples]},
+                                  schema={"symbol": pl.String, "ts_ns": pl.Int64}), cluster_s)
 
 
 def fitted_weights(scorer: Scorer, train: Sequence[Example], opts: EvalOptions) -> tuple[FusionWeights, dict]:

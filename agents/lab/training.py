@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -96,7 +97,7 @@ def fit_fusion(trainer, cache, rows: Sequence[Example], fallback: dict | None = 
 
 
 def read_card_fusion(adapter_dir: str | None) -> dict | None:
-    from inference.adapters.train import read_card
+    from inference.adapters.cards import read_card
 
     return read_card(adapter_dir).get("fusion") if adapter_dir else None
 
@@ -150,12 +151,11 @@ def build_default_adapters(out: Path, log: Callable[[str], None], model: str | N
     splits = {task: _thinned(split_by_time(label_requests(tape, requests, cfg, task), 0.2, cfg.horizon_s), train_every)
               for task in ("sentiment", "direction")}
     cache, made = InputCache(), {}
-    for task, first, then in (("sentiment", TrainConfig(rank=16, alpha=32, epochs=20, learning_rate=3e-3,
-                                                        bf16_lower=bf16_lower),
-                               TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3, bf16_lower=bf16_lower)),
-                              ("direction", TrainConfig(rank=16, alpha=32, epochs=3, learning_rate=1e-3,
-                                                        bf16_lower=bf16_lower),
-                               TrainConfig(rank=16, alpha=32, epochs=1, learning_rate=5e-4, bf16_lower=bf16_lower))):
+    base = TrainConfig(rank=16, alpha=32, bf16_lower=bf16_lower)
+    for task, first, then in (("sentiment", replace(base, epochs=20, learning_rate=3e-3),
+                               replace(base, epochs=3, learning_rate=1e-3)),
+                              ("direction", replace(base, epochs=3, learning_rate=1e-3),
+                               replace(base, epochs=1, learning_rate=5e-4))):
         init = str(made["sentiment-all"]) if task == "direction" else None
         for sector, symbols in {"all": None, **SECTORS}.items():
             name = f"{task}-{sector}"
@@ -171,7 +171,7 @@ def trusted_routes(made: dict[str, Path]) -> dict[str, str]:
     it (LLM weight 0 on prompts with news: a sector fine-tune's few hundred held-out forecasts may not show a
     gain) while the all-sector adapter's did; then the all-sector one. Adapters without a fitted `fusion`
     (older cards) count as trusted."""
-    from inference.adapters.train import read_card
+    from inference.adapters.cards import read_card
 
     def trusted(name: str) -> bool:
         fusion = read_card(made[name]).get("fusion")
@@ -201,13 +201,13 @@ def _build(model_dir: Path, split: Split, out: Path, tcfg, task: str, tape: str,
     the prompts first seen here included), the CPU threads and the size of its weights."""
     import torch
 
-    from inference.adapters.train import WEIGHTS_NAME, read_card, write_card
+    from inference.adapters.train import WEIGHTS_NAME, write_card
 
     started = time.perf_counter()
     card = train_on_split(model_dir, split, out, tcfg, task=task, tape=tape, init_from=init, cache=cache,
                           fusion_rows=fusion_rows)
     seconds = time.perf_counter() - started
-    card = read_card(out) | {"build": {"wall_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+    card = card | {"build": {"wall_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
                                        "weights_bytes": (out / WEIGHTS_NAME).stat().st_size}}
     write_card(out, card)
     fusion = {side: card["fusion"][side]["llm"] for side in ("news", "no_news")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from inference.adapters.train import read_card
+from inference.adapters.cards import read_card
 from inference.checkpoints import model_fingerprint, read_manifest
 from inference.checkpoints.store import has_manifest, write_into, write_manifest
 

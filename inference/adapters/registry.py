@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
-from inference.adapters.train import read_card
+from inference.adapters.cards import read_card
 
 
 def registry_key(prefix: str = "") -> str:

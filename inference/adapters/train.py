@@ -9,7 +9,6 @@ paged engine. Weights are saved in PEFT format (float16, to keep shipped adapter
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,12 +21,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
+from inference.adapters.cards import CARD_NAME, read_card, write_card  # noqa: F401 (this module's API too)
 from inference.checkpoints import model_fingerprint
 from inference.scorers.prompting import PromptFormat
 from inference.scorers.hf import left_pad
 from schemas import DIRECTIONS
 
-CARD_NAME = "card.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -257,18 +256,6 @@ def train_adapter(model_dir: str | Path, prompts: Sequence[str], labels: Sequenc
     stats = trainer.fit(trainer.cache_inputs(prompts), labels)
     trainer.save(out_dir)
     return trainer, stats
-
-
-def write_card(out_dir: str | Path, card: dict) -> Path:
-    path = Path(out_dir) / CARD_NAME
-    path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
-    return path
-
-
-def read_card(adapter_dir: str | Path) -> dict:
-    """The adapter's card, or {} when it has none (an adapter trained elsewhere)."""
-    path = Path(adapter_dir) / CARD_NAME
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def base_card(model_dir: str | Path, cfg: TrainConfig, stats: TrainStats) -> dict:
