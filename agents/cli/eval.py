@@ -18,7 +18,7 @@ from agents.config import AgentsConfig
 @click.option("--no-adapters", is_flag=True, help="Score with the bare base model.")
 @click.option("--engine", type=click.Choice(["hf", "paged"]), default="hf", show_default=True)
 @click.option("--dtype", type=click.Choice(["float64", "float32", "bfloat16"]),
-              help="Paged engine's dtype (default: float64 on CPU); bfloat16 is the fast one on a CPU with it.")
+              help="Paged engine's dtype (default: the processor's fast one: bfloat16 with native bf16, else float32).")
 @click.option("--max-forecasts", type=int, help="Evaluate at most this many held-out forecasts (evenly spaced).")
 @model_option()
 @click.option("--test-fraction", default=0.3, show_default=True, help="Last share of the tape evaluated.")

@@ -14,7 +14,7 @@ from agents.cli.options import model_option, prefix_option, redis_option
               help="Serve this PEFT adapter as model NAME (repeatable); added to the model's shipped adapters.")
 @click.option("--no-adapters", is_flag=True, help="Leave out the adapters shipped for the model.")
 @click.option("--device", envvar="FINLLM_DEVICE", help="cpu or cuda (default: cuda when available).")
-@click.option("--dtype", envvar="FINLLM_ENGINE_DTYPE", help="Engine dtype (default: float64 on CPU, bfloat16 on CUDA).")
+@click.option("--dtype", envvar="FINLLM_ENGINE_DTYPE", help="Engine dtype (default: bfloat16 on CUDA and on CPUs with native bf16, else float32).")
 @click.option("--threads", type=int, envvar="FINLLM_TORCH_THREADS", help="torch CPU threads.")
 @redis_option("Redis URL of the stack whose latest forecasts /v1/explain/SYMBOL explains (none: no explain).")
 @prefix_option()
