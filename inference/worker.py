@@ -51,6 +51,7 @@ class WorkerConfig:
     device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
     dtype: str | None = None         # paged engine; None: build_scorer's default (the processor's fast dtype)
     batch_invariant: bool | None = None   # paged engine; None: build_scorer's default (on for the CPU path)
+    quant: str | None = None         # paged engine, CPU: "int8" (FINLLM_ENGINE_QUANT); None: in `dtype`
     prefix_caching: bool = True      # paged engine: reuse computed prompt prefixes (warm-ups need it)
     torch_threads: int | None = None  # CPU threads for the model; None: torch's default (every core)
 
@@ -67,6 +68,7 @@ class WorkerConfig:
                    dtype=env.get("FINLLM_ENGINE_DTYPE") or None,
                    batch_invariant=(env_flag(env, "FINLLM_ENGINE_BATCH_INVARIANT", True)
                                     if env.get("FINLLM_ENGINE_BATCH_INVARIANT") else None),
+                   quant=env.get("FINLLM_ENGINE_QUANT") or None,
                    prefix_caching=env_flag(env, "FINLLM_PREFIX_CACHING", default.prefix_caching),
                    torch_threads=int(env["FINLLM_TORCH_THREADS"]) if env.get("FINLLM_TORCH_THREADS") else None)
 
@@ -81,7 +83,7 @@ def configured_scorer(cfg: WorkerConfig) -> Scorer:
         torch.set_num_threads(cfg.torch_threads)
     return build_scorer(cfg.engine, resolve_model_dir(cfg.model_dir), adapters=dict(cfg.adapters), device=cfg.device,
                         dtype=cfg.dtype, max_batch=cfg.max_batch, prefix_caching=cfg.prefix_caching,
-                        batch_invariant=cfg.batch_invariant)
+                        batch_invariant=cfg.batch_invariant, quant=cfg.quant)
 
 
 def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, policy: FusionPolicy,

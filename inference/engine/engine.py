@@ -39,7 +39,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.clock_ns = clock_ns
         dtype = default_dtype(device) if self.config.dtype == AUTO_DTYPE else self.config.dtype
-        self.model = Transformer.from_dir(model_dir, getattr(torch, dtype), torch.device(device))
+        self.model = Transformer.from_dir(model_dir, getattr(torch, dtype), torch.device(device),
+                                          self.config.quant)
         self.runner = ModelRunner(self.model, self.config)
         self.scheduler = Scheduler(self.config)
         self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()
