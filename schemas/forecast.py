@@ -85,6 +85,12 @@ class InferenceRequest:
     deadline_wall_ns: int
     features: dict[str, float] = field(default_factory=dict)
     kind: Literal["forecast", "warmup"] = "forecast"   # warmup: prefill the prompt's prefix only, answer nothing
+    new_news: int | None = None       # news in the prompt from the cadence period before the trigger (unseen by
+                                      # the previous cadence forecast); None: not said (older agents)
+    value: float | None = None        # what the language model's answer is worth, [0, 1] (inference.tiering)
+    tier: Tier = "base"               # the pool it is for: "base" (every trigger) or "deep" (escalated ones)
+    prompt_deep: str | None = None    # the deep tier's longer prompt (more news, price history); None: `prompt`
+    base_llm: Probs | None = None     # deep requests: the base tier's answer, kept if the deep one fails
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> InferenceRequest:
@@ -93,7 +99,15 @@ class InferenceRequest:
             _trigger(obj), f.text(obj, "prompt", MAX_PROMPT_CHARS), Probs.from_obj(obj.get("numeric")),
             _ids(obj, "news_ids"), _adapter(obj), f.integer(obj, "ingest_wall_ns"),
             f.integer(obj, "created_wall_ns"), f.integer(obj, "deadline_wall_ns"), _features(obj),
-            _choice(obj, "kind", ("forecast", "warmup")) if "kind" in obj else "forecast")
+            _choice(obj, "kind", ("forecast", "warmup")) if "kind" in obj else "forecast",
+            _new_news(obj), None if obj.get("value") is None else f.probability(obj, "value"), _tier(obj),
+            f.text(obj, "prompt_deep", MAX_PROMPT_CHARS, optional=True),
+            None if obj.get("base_llm") is None else Probs.from_obj(obj["base_llm"]))
+
+    @property
+    def tier_prompt(self) -> str:
+        """The prompt its tier scores: the deep tier's longer one where there is one."""
+        return self.prompt_deep or self.prompt if self.tier == "deep" else self.prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +177,15 @@ def _flag(obj: dict[str, Any], name: str) -> bool:
 def _tier(obj: dict[str, Any]) -> Tier:
     """Records from before the tiers carry no tier: the one worker answered them, as the base tier does now."""
     return _choice(obj, "tier", TIERS) if "tier" in obj else "base"
+
+
+def _new_news(obj: dict[str, Any]) -> int | None:
+    if obj.get("new_news") is None:
+        return None
+    value = f.integer(obj, "new_news")
+    if value < 0:
+        raise SchemaError("bad_new_news", f"new_news must be >= 0, got {value}")
+    return value
 
 
 def _revision(obj: dict[str, Any]) -> int:
