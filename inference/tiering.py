@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from inference.fusion import total_variation
-from schemas import Probs
+from schemas import InferenceRequest, Probs
+from schemas.units import NS_PER_MS
 
 Route = Literal["skip", "base"]
 LOG_3 = math.log(3.0)
@@ -44,6 +45,7 @@ class TierPolicy:
     divergence_tv: float = 0.35          # total variation beyond which differing directions diverge
     low_confidence: float = 0.45         # the model's top probability below this is low confidence
     min_escalation_value: float = 0.3    # forecasts worth less stay with the base answer
+    deep_deadline_ms: int = 20_000       # a deep request's answer is due this long after the escalation
 
     def __post_init__(self) -> None:
         for name in ("confident_uncertainty", "no_news", "old_news", "min_escalation_value"):
@@ -53,13 +55,15 @@ class TierPolicy:
     @classmethod
     def from_env(cls) -> TierPolicy:
         """FINLLM_TIER_CONFIDENT (confident_uncertainty), FINLLM_TIER_LOW_CONFIDENCE,
-        FINLLM_TIER_MIN_ESCALATION, FINLLM_DIVERGENCE_TV (shared with the fusion's divergence flag)."""
+        FINLLM_TIER_MIN_ESCALATION, FINLLM_DEEP_DEADLINE_MS, FINLLM_DIVERGENCE_TV (shared with the fusion's
+        divergence flag)."""
         env, default = os.environ, cls()
         return cls(confident_uncertainty=float(env.get("FINLLM_TIER_CONFIDENT") or default.confident_uncertainty),
                    divergence_tv=float(env.get("FINLLM_DIVERGENCE_TV") or default.divergence_tv),
                    low_confidence=float(env.get("FINLLM_TIER_LOW_CONFIDENCE") or default.low_confidence),
                    min_escalation_value=float(env.get("FINLLM_TIER_MIN_ESCALATION")
-                                              or default.min_escalation_value))
+                                              or default.min_escalation_value),
+                   deep_deadline_ms=int(env.get("FINLLM_DEEP_DEADLINE_MS") or default.deep_deadline_ms))
 
     def relevance(self, has_news: bool, new_news: int | None) -> float:
         if not has_news:
@@ -89,8 +93,31 @@ class TierPolicy:
             reasons.append("review")
         return tuple(reasons)
 
+    def plan(self, requests: list[InferenceRequest]) -> tuple[list[InferenceRequest], set[str]]:
+        """The base tier's requests with their value set, and the ids of those that skip the language model."""
+        valued = [replace(r, value=self.llm_value(r.numeric, bool(r.news_ids), r.new_news)) for r in requests]
+        return valued, {r.id for r in valued if self.route(r.numeric, r.new_news) == "skip"}
+
+    def deep_request(self, request: InferenceRequest, llm: Probs, now_ns: int) -> InferenceRequest:
+        """The escalated request for the deep tier: same id, its longer prompt, the base answer to fall back on."""
+        return replace(request, tier="deep", base_llm=llm, created_wall_ns=now_ns,
+                       deadline_wall_ns=now_ns + self.deep_deadline_ms * NS_PER_MS)
+
 
 def uncertainty(probs: Probs) -> float:
     """Entropy over the directions divided by log 3: 0 for a sure forecast, 1 for a uniform one."""
     entropy = -sum(p * math.log(p) for p in probs.as_tuple() if p > 0)
     return min(max(entropy / LOG_3, 0.0), 1.0)
+
+
+def value_first(requests: list[InferenceRequest], now_ns: int, cost_ns: int) -> tuple[list, list]:
+    """(live, late) under a cost per request: requests are taken by value (higher first, then earlier
+    deadline), each kept if every kept one still meets its deadline when they run earliest-deadline-first;
+    under overload the least valuable are the ones left late."""
+    live: list[InferenceRequest] = []
+    late = []
+    for request in sorted(requests, key=lambda r: (-(r.value or 0.0), r.deadline_wall_ns)):
+        trial = sorted(live + [request], key=lambda r: r.deadline_wall_ns)
+        fits = all(now_ns + cost_ns * (i + 1) <= r.deadline_wall_ns for i, r in enumerate(trial))
+        (live if fits else late).append(request)
+    return sorted(live, key=lambda r: r.deadline_wall_ns), late

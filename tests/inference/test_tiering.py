@@ -1,8 +1,10 @@
 """The tier policy: the value of the language model's answer, skipping it, and escalating to the deep tier."""
+import orjson
 import pytest
 
-from inference.tiering import TierPolicy, uncertainty
-from schemas import Probs
+from inference.tiering import TierPolicy, uncertainty, value_first
+from schemas import Probs, decode_request
+from tests.schemas.test_revisions import request_obj
 
 SURE = Probs(0.05, 0.05, 0.9)          # uncertainty ~0.36
 UNSURE = Probs(0.34, 0.33, 0.33)       # ~1
@@ -54,3 +56,25 @@ def test_settings_from_the_environment_are_checked(monkeypatch):
     assert TierPolicy.from_env().confident_uncertainty == 0.5
     with pytest.raises(ValueError):
         TierPolicy(min_escalation_value=2.0)
+
+
+def test_plan_sets_each_value_and_names_the_skipped():
+    confident = {"p_up": 0.05, "p_down": 0.05, "p_flat": 0.9}
+    sure = decode_request(orjson.dumps(request_obj(id="sure", new_news=0, news_ids=["n1"], numeric=confident)))
+    fresh = decode_request(orjson.dumps(request_obj(id="fresh", new_news=1, news_ids=["n1"])))
+    planned, skipped = POLICY.plan([sure, fresh])
+    assert skipped == {"sure"} and all(r.value is not None for r in planned)
+    deep = POLICY.deep_request(planned[1], Probs(0.5, 0.3, 0.2), now_ns=5)
+    assert (deep.id, deep.tier, deep.base_llm, deep.deadline_wall_ns) == ("fresh", "deep", Probs(0.5, 0.3, 0.2),
+                                                                          5 + POLICY.deep_deadline_ms * 10**6)
+
+
+def test_value_first_sheds_the_least_valuable_and_keeps_every_kept_deadline():
+    def req(rid, value, deadline):
+        return decode_request(orjson.dumps(request_obj(id=rid, value=value, deadline_wall_ns=deadline)))
+
+    requests = [req("low-early", 0.1, 10), req("high-late", 0.9, 30), req("mid", 0.5, 20), req("high-2", 0.8, 25)]
+    live, late = value_first(requests, now_ns=0, cost_ns=10)
+    assert [r.id for r in live] == ["mid", "high-2", "high-late"] and [r.id for r in late] == ["low-early"]
+    no_values = [req(r.id, 0.0, r.deadline_wall_ns) for r in requests]
+    assert [r.id for r in value_first(no_values, 0, 10)[1]] == ["high-2"]   # blind to value: a valuable one shed
