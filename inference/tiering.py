@@ -34,6 +34,8 @@ from schemas import InferenceRequest, Probs
 from schemas.units import NS_PER_MS
 
 Route = Literal["skip", "base"]
+QUANT_ENV = "FINLLM_ENGINE_QUANT"    # the engine's weight quantisation (e.g. int8), read by the engine
+TIER_QUANT = {"base": ("FINLLM_BASE_QUANT", "int8"), "deep": ("FINLLM_DEEP_QUANT", "")}   # setting, default
 LOG_3 = math.log(3.0)
 
 
@@ -121,3 +123,11 @@ def value_first(requests: list[InferenceRequest], now_ns: int, cost_ns: int) -> 
         fits = all(now_ns + cost_ns * (i + 1) <= r.deadline_wall_ns for i, r in enumerate(trial))
         (live if fits else late).append(request)
     return sorted(live, key=lambda r: r.deadline_wall_ns), late
+
+
+def tier_env(tier: str, env: dict[str, str]) -> dict[str, str]:
+    """The environment of one tier's inference workers: FINLLM_TIER, and the engine's quantisation from
+    FINLLM_BASE_QUANT (default int8: the base tier is the fast one) or FINLLM_DEEP_QUANT (default none:
+    the deep tier runs the model at full precision), passed to the engine as FINLLM_ENGINE_QUANT."""
+    setting, default = TIER_QUANT[tier]
+    return dict(env, FINLLM_TIER=tier, **{QUANT_ENV: env.get(setting, default)})

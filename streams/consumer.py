@@ -104,6 +104,10 @@ class ForecastCollector:
             keep_latest(out, forecast, window=len(self.copies))
         return dict(out)
 
+    def awaiting_revision(self) -> set[str]:
+        """Ids whose latest copy was escalated: a deep-tier revision of each is still to come."""
+        return {i for i, f in self.by_id.items() if f.escalated}
+
     def deadletter_reasons(self) -> dict[str, int]:
         return dict(Counter(d.reason for d in self.deadletters) + Counter("unreadable" for _ in self.unreadable))
 
