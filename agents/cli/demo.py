@@ -29,15 +29,17 @@ from agents.cli.options import bootstrap_option, model_option, redis_option
 @click.option("--bundle-ms", default=0, show_default=True, help="Replay ticks in per-symbol bundles of this span.")
 @click.option("--adapters/--no-adapters", default=True, show_default=True,
               help="Serve the LoRA adapters shipped for the model (one per sector), if it has any.")
+@click.option("--deep-tier/--no-deep-tier", default=True, show_default=True,
+              help="Start the deep tier's worker (escalated forecasts are answered again, as revision 1).")
 def demo(out_dir: Path, tape: Path | None, speed: float, as_fast: bool, partitions: int, bootstrap: str | None,
          redis_url: str | None, engine: str, model: str | None, timeout_s: float, inject_bad: int,
-         agents_workers: int, bundle_ms: int, adapters: bool) -> None:
+         agents_workers: int, bundle_ms: int, adapters: bool, deep_tier: bool) -> None:
     """Replay a tape through the whole pipeline and report forecasts, latency and accuracy."""
     from agents.lab.demo import DemoOptions, run_demo
     from streams.synth import sample_tape_path
 
     opts = DemoOptions(out_dir, tape or sample_tape_path(), None if as_fast else speed, partitions, bootstrap, redis_url, engine,
-                       model, timeout_s, inject_bad, agents_workers, bundle_ms, adapters)
+                       model, timeout_s, inject_bad, agents_workers, bundle_ms, adapters, deep_tier)
     report = run_demo(opts)
     (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     click.echo(summary(report))
@@ -56,6 +58,8 @@ def summary(report: dict) -> str:
         f"forecasts         {report['forecasts']} of {report['triggers']} triggers "
         f"(missing {report['missing']}, duplicates on the wire {report['wire_duplicates']})",
         f"status            {report['status']}, dead letters {report['deadletters'] or 0}",
+        f"tiers             {report['tiers']} (deep share {report['deep_share']}, skipped the LLM "
+        f"{report['skipped_llm']}, still awaiting deep {report['awaiting_deep']})",
         f"tick-to-forecast  p50 {lat['p50']} ms, p99 {lat['p99']} ms",
         f"accuracy          fused {report['accuracy']}, numeric {report['accuracy_numeric']}, "
         f"llm {report['accuracy_llm']} over {report['scored']} scored forecasts",

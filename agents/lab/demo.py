@@ -20,6 +20,7 @@ from agents.offline import fired_triggers
 from agents.lab.report import build_report, forecasts_frame
 from inference.adapters.shipped import shipped_routing
 from inference.engine.cpu import describe_processor
+from inference.tiering import tier_env
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
 from streams.consumer import ForecastCollector
@@ -49,6 +50,7 @@ class DemoOptions:
     agents_workers: int = 1             # Faust workers in one group: they split the symbols by partition
     bundle_ms: int = 0                  # replay ticks in per-symbol bundles of this event-time span
     adapters: bool = True               # serve the adapters shipped for the model (if any), by sector
+    deep_tier: bool = True              # start the deep tier's worker pool (escalated forecasts)
 
 
 @contextlib.contextmanager
@@ -103,7 +105,9 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     started = time.monotonic()
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]
-    workers.append(WorkerProcess("inference", "inference.worker", env, workdir))
+    workers.append(WorkerProcess("inference", "inference.worker", tier_env("base", env), workdir))
+    if opts.deep_tier:     # the deep tier's own pool: escalated forecasts, full precision, the longer prompt
+        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", env), workdir))
     try:
         for worker in workers:
             await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT_S)
@@ -113,26 +117,30 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         await collector.started.wait()
         await _inject_bad(kafka, opts.inject_bad)
         stats = await replay(tape, kafka, speed=opts.speed, bundle_ms=opts.bundle_ms)
-        await _wait_for_forecasts(collector.done, workers, opts.timeout_s)
+        await _wait_for_forecasts(collector, workers, opts.timeout_s)
     finally:
         exit_codes = {w.name: w.stop() for w in workers}
     collector.stopping.set()
     await collecting
     return {"forecasts": list(collector.by_id.values()), "wire_forecasts": len(collector.copies),
+            "wire_revisions": len({(f.id, f.revision) for _, f in collector.copies}),
             "deadletters": collector.deadletter_reasons(), "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
             "topic_prefix": kafka.topics.prefix, "model_threads": int(env["FINLLM_TORCH_THREADS"])}
 
 
-async def _wait_for_forecasts(done: asyncio.Event, workers: list[WorkerProcess], timeout_s: float) -> None:
-    """Until every expected forecast came or `timeout_s` passed; a worker that exits meanwhile fails the
-    run at once (WorkerFailed with its log tail) instead of leaving it to the timeout."""
+async def _wait_for_forecasts(collector: ForecastCollector, workers: list[WorkerProcess], timeout_s: float) -> None:
+    """Until every expected forecast came, and every escalated one its deep revision, or `timeout_s`
+    passed; a worker that exits meanwhile fails the run at once (WorkerFailed with its log tail) instead
+    of leaving it to the timeout."""
     deadline = time.monotonic() + timeout_s
-    while not done.is_set() and time.monotonic() < deadline:
+    while not (collector.done.is_set() and not collector.awaiting_revision()) and time.monotonic() < deadline:
         for worker in workers:
             worker.check_alive()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(done.wait(), min(0.5, max(deadline - time.monotonic(), 0.01)))
+            await asyncio.wait_for(collector.done.wait(), min(0.5, max(deadline - time.monotonic(), 0.01)))
+        if collector.done.is_set():
+            await asyncio.sleep(0.2)
 
 
 async def _inject_bad(kafka: KafkaSettings, count: int) -> None:

@@ -72,12 +72,13 @@ class Engine:
                     adapter: str | None = None, deadline_ns: int | None = None,
                     label_token_ids: Iterable[int] = (), max_new_tokens: int = 0,
                     stop_token_ids: Iterable[int] = (), sampling: SamplingParams | None = None,
-                    priority: Priority = Priority.DEADLINE) -> Request:
-        """Queue a request; the returned state is the engine's (read it between steps, never change it)."""
+                    priority: Priority = Priority.DEADLINE, value: float = 0.0) -> Request:
+        """Queue a request; the returned state is the engine's (read it between steps, never change it).
+        `value`: within its class, higher first (the scheduler's value bands)."""
         request = Request(request_id, list(prompt_token_ids), kind, self.clock_ns(), adapter=adapter,
                           deadline_ns=deadline_ns, label_token_ids=tuple(label_token_ids),
                           max_new_tokens=max_new_tokens, stop_token_ids=frozenset(stop_token_ids),
-                          priority=priority)
+                          priority=priority, value=value)
         if sampling is not None:
             request.sampling = sampling.seeded()
         if adapter is not None:

@@ -15,13 +15,15 @@ from schemas import DIRECTIONS
 @dataclass(frozen=True, slots=True)
 class ScoreItem:
     """One prompt to score; `deadline_ns` is wall-clock (time.time_ns()) or None for no deadline;
-    `background`: a warm-up, scheduled after forecasts and interactive requests (engines that schedule)."""
+    `background`: a warm-up, scheduled after forecasts and interactive requests (engines that schedule);
+    `value`: what the answer is worth (inference.tiering), higher served first under load (engines that schedule)."""
 
     request_id: str
     prompt: str
     adapter: str | None = None
     deadline_ns: int | None = None
     background: bool = False
+    value: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
