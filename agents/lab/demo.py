@@ -35,6 +35,21 @@ from streams.topics import Topics
 READY_TIMEOUT_S = 240.0
 
 
+DEEP_TIER_NICE = 10     # the deep tier's CPU priority below the base tier's when they share the machine
+
+
+def default_speed() -> float:
+    """The demo's replay speed when none is given: 30x where the engine computes in bf16 natively (AMX/AVX-512
+    bf16 CPUs, CUDA), else 15x. Measured on 2 cores (README "Quick start"): an Intel Xeon with AMX answers all
+    160 sample triggers at 30x; an AMD EPYC (AVX2, float32 and the base tier in int8) misses deadlines there."""
+    import torch
+
+    from inference.engine.cpu import default_dtype
+
+    fast = torch.cuda.is_available() or default_dtype("cpu") == "bfloat16"
+    return 30.0 if fast else 15.0
+
+
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     out_dir: Path
@@ -83,6 +98,8 @@ def run_demo(opts: DemoOptions) -> dict:
     report = build_report(tape, cfg, expected, result) | {
         "processor": describe_processor(), "model_threads": result["model_threads"],
         "dtype": os.environ.get("FINLLM_ENGINE_DTYPE") or "engine default for this processor",
+        "quant": {tier: tier_env(tier, dict(os.environ))["FINLLM_ENGINE_QUANT"] or "none"
+                  for tier in ("base", "deep")[:2 if opts.deep_tier else 1]},
         "wall_s": round(time.monotonic() - began, 1)}
     forecasts_frame(result["forecasts"], tape).write_parquet(opts.out_dir / "forecasts.parquet")
     return report
@@ -106,8 +123,10 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]
     workers.append(WorkerProcess("inference", "inference.worker", tier_env("base", env), workdir))
-    if opts.deep_tier:     # the deep tier's own pool: escalated forecasts, full precision, the longer prompt
-        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", env), workdir))
+    if opts.deep_tier:     # the deep tier's own pool: escalated forecasts, full precision, the longer prompt;
+        # its answers are revisions without a deadline, so on shared cores it runs in the base tier's idle time
+        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", env), workdir,
+                                     nice=DEEP_TIER_NICE))
     try:
         for worker in workers:
             await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT_S)
