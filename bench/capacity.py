@@ -15,7 +15,7 @@ last position. Figures (each the best of `--repeats`, ratios from this same run)
 * decode tokens/s at batch 1 (a `--prompt-len` prompt, then `--decode-tokens` greedy tokens, prefill excluded)
   and ours at batch 16 (16 requests of 64-token prompts decoding together).
 * `int8_label_max_abs_dp`: the largest change of a label probability from float32 to int8 over real forecast
-  prompts from the sample tape, through the model's shipped direction adapter.
+  prompts from the sample tape, through the model's shipped adapters as routed.
 """
 from __future__ import annotations
 
@@ -195,13 +195,14 @@ def gguf_file() -> str | None:
     return str(found[0]) if found else None
 
 
-def llamacpp_rates(prompts: list[list[int]], new_tokens: int, threads: int, repeats: int) -> dict:
-    """llama-cpp-python on the wheel's GGUF file: score requests/s (one prompt at a time, as its API
-    evaluates) and greedy decode tokens/s at batch 1; nulls when llama-cpp-python is not installed."""
-    path = gguf_file()
+def llamacpp_rates(path: str | None, prompts: list[list[int]], new_tokens: int, threads: int, repeats: int) -> dict:
+    """llama-cpp-python on the GGUF file at `path`: score requests/s (one prompt at a time, as its API
+    evaluates) and greedy decode tokens/s at batch 1; nulls without a file or llama-cpp-python."""
     try:
         from llama_cpp import Llama
     except ImportError:
+        path = None
+    if path is None:
         return {"score_rps": None, "decode_tok_s_b1": None}
     llm = Llama(model_path=path, n_ctx=len(prompts[0]) + new_tokens + 8, n_threads=threads, n_batch=512,
                 verbose=False)
@@ -223,9 +224,9 @@ def llamacpp_rates(prompts: list[list[int]], new_tokens: int, threads: int, repe
     return {"score_rps": len(prompts) / best_of(repeats, score_all), "decode_tok_s_b1": max(decode() for _ in range(repeats))}
 
 
-def int8_label_change(model_dir: str, count: int) -> float | None:
+def int8_label_change(model_dir: str, count: int) -> float:
     """The largest |p_int8 - p_float32| of a label probability over `count` sample-tape forecast prompts,
-    scored through the model's shipped direction adapter (None where the model ships no adapters)."""
+    scored through the model's shipped adapters as routed (the base model where it ships none)."""
     from model_zero_shot import sample_examples        # bench/ is on the path of `python bench/engine.py`
 
     from inference.adapters.shipped import shipped_routing
@@ -233,10 +234,8 @@ def int8_label_change(model_dir: str, count: int) -> float | None:
     from inference.scorers.engine import EngineScorer
 
     routing = shipped_routing(model_dir)
-    if routing is None:
-        return None
-    adapters = {name: str(path) for name, path in routing.adapters.items()}
-    items = [ScoreItem(f"e{i}", e.request.prompt, routing.adapter_for(e.request.symbol))
+    adapters = {name: str(path) for name, path in routing.adapters.items()} if routing else {}
+    items = [ScoreItem(f"e{i}", e.request.prompt, routing.adapter_for(e.request.symbol) if routing else None)
              for i, e in enumerate(sample_examples(count))]
     probs = {}
     for quant in ("none", "int8"):
@@ -280,7 +279,8 @@ def capacity(model_dir: str, args) -> dict:
     out["hf_score_rps"], out["hf_decode_tok_s_b1"] = hf["score_rps"], hf["decode_tok_s_b1"]
 
     step("llama.cpp")
-    llama = llamacpp_rates(prompts, args.decode_tokens, torch.get_num_threads(), args.repeats)
+    gguf = gguf_file() if Path(model_dir).name.startswith("smollm2-135m") else None   # the wheel's model only
+    llama = llamacpp_rates(gguf, prompts, args.decode_tokens, torch.get_num_threads(), args.repeats)
     out["llamacpp_score_rps"], out["llamacpp_decode_tok_s_b1"] = llama["score_rps"], llama["decode_tok_s_b1"]
 
     with tempfile.TemporaryDirectory() as tmp:
