@@ -37,6 +37,7 @@ class Int8Weight:
     packed: torch.ScriptObject
     out_features: int
     in_features: int
+    sentinel: torch.Tensor          # [K]: 1, -1, then zeros (fixes the call's activation range to [-1, 1])
 
     @classmethod
     def quantize(cls, weight: torch.Tensor) -> "Int8Weight":
@@ -51,17 +52,20 @@ class Int8Weight:
             warnings.simplefilter("ignore")
             q = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
             packed = torch.ops.quantized.linear_prepack(q, None)
-        return cls(packed, w.shape[0], w.shape[1])
+        sentinel = torch.zeros(w.shape[1])
+        sentinel[:2] = torch.tensor([1.0, -1.0])
+        return cls(packed, w.shape[0], w.shape[1], sentinel)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x: [T, K] (any float dtype) -> [T, N] in x's dtype; row t depends on x[t] only."""
         if x.shape[0] == 0:
             return x.new_zeros(0, self.out_features)
         wide = x.float()
-        row_max = wide.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)   # [T, 1]
-        sentinel = wide.new_zeros(1, self.in_features)
-        sentinel[0, 0], sentinel[0, 1] = 1.0, -1.0
-        y = torch.ops.quantized.linear_dynamic(torch.cat([wide / row_max, sentinel]), self.packed, True)[:-1]
+        row_max = wide.abs().amax(dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)  # [T, 1]
+        rows = torch.empty(x.shape[0] + 1, self.in_features)       # x's rows scaled into [-1, 1], then the sentinel
+        torch.div(wide, row_max, out=rows[:-1])
+        rows[-1] = self.sentinel
+        y = torch.ops.quantized.linear_dynamic(rows, self.packed, True)[:-1]
         y.mul_(row_max)
         if bias is not None:
             y.add_(bias.float())
