@@ -61,11 +61,12 @@ def request_flops(c: ModelConfig, tokens: int) -> float:
     return c.num_layers * (products + attention)
 
 
-def product_gflops(c: ModelConfig, dtype: torch.dtype, quant: str, repeats: int, rows: int = 512) -> float:
+def product_gflops(c: ModelConfig, dtype: torch.dtype, quant: str, repeats: int, rows: int = 512,
+                   device: str = "cpu") -> float:
     """Measured GFLOP/s of the model's four products, one layer's worth at `rows` rows, in `dtype` or int8."""
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(n, k, generator=gen) * 0.05 for k, n in product_shapes(c)]
-    inputs = [torch.randn(rows, k, generator=gen).to(dtype) for k, _ in product_shapes(c)]
+    weights = [torch.randn(n, k, generator=gen).mul_(0.05).to(device) for k, n in product_shapes(c)]
+    inputs = [torch.randn(rows, k, generator=gen).to(device, dtype) for k, _ in product_shapes(c)]
     if quant == "int8":
         packed = [Int8Weight.quantize(w) for w in weights]
         run = lambda: [p.linear(x) for p, x in zip(packed, inputs)]        # noqa: E731
@@ -73,15 +74,16 @@ def product_gflops(c: ModelConfig, dtype: torch.dtype, quant: str, repeats: int,
         cast = [w.to(dtype) for w in weights]
         run = lambda: [F.linear(x, w) for w, x in zip(cast, inputs)]       # noqa: E731
     run()
-    return 2 * rows * sum(k * n for k, n in product_shapes(c)) / best_of(repeats * 3, run) / 1e9
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return 2 * rows * sum(k * n for k, n in product_shapes(c)) / best_of(repeats * 3, lambda: (run(), sync())) / 1e9
 
 
 def ours_engine(model_dir: str, dtype: str, quant: str, n_prompts: int, prompt_len: int,
-                adapter_paths: dict[str, str] | None = None) -> Engine:
+                adapter_paths: dict[str, str] | None = None, device: str = "cpu") -> Engine:
     config = EngineConfig(dtype=dtype, quant=quant, enable_prefix_caching=False, max_num_seqs=max(n_prompts, 16),
                           num_blocks=-(-max(n_prompts, 16) * (prompt_len + 64) // 16) + 8,
                           max_adapter_slots=16, max_lora_rank=16)
-    engine = Engine(model_dir, config)
+    engine = Engine(model_dir, config, device)
     for name, path in (adapter_paths or {}).items():
         engine.register_adapter(name, path)
     return engine
@@ -122,17 +124,18 @@ class OursRates:
 
 
 def hf_rates(model_dir: str, dtype: str, prompts: list[list[int]], batch: int, new_tokens: int,
-             repeats: int) -> dict:
+             repeats: int, device: str = "cpu") -> dict:
     """transformers without an adapter: batched score requests/s, and greedy decode tokens/s at batch 1."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                 local_files_only=True).to(device).eval()
     score = hf_score_rps(model, prompts, batch, repeats)
 
     @torch.inference_mode()
     def generate(n: int) -> float:
         return best_of(repeats, lambda: model.generate(
-            input_ids=torch.tensor(prompts[:1]), do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0))
+            input_ids=torch.tensor(prompts[:1], device=model.device), do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0))
 
     generate(2)
     return {"score_rps": score, "decode_tok_s_b1": new_tokens / (generate(new_tokens + 1) - generate(1))}
@@ -145,8 +148,8 @@ def hf_score_rps(model, prompts: list[list[int]], batch: int, repeats: int,
     def run() -> None:
         for i in range(0, len(prompts), batch):
             kw = {"adapter_names": adapters[i:i + batch]} if adapters else {}
-            model(input_ids=torch.tensor(prompts[i:i + batch]), logits_to_keep=1, **kw).logits[
-                :, -1, list(LABEL_IDS)].softmax(-1)
+            model(input_ids=torch.tensor(prompts[i:i + batch], device=model.device), logits_to_keep=1,
+                  **kw).logits[:, -1, list(LABEL_IDS)].softmax(-1).cpu()
 
     run()
     return len(prompts) / best_of(repeats, run)
@@ -174,11 +177,12 @@ def make_adapters(model_dir: str, root: Path, n: int, rank: int = 16, seed: int 
 
 
 def peft_mixed_score_rps(model_dir: str, adapter_paths: dict[str, str], prompts: list[list[int]],
-                         adapters: list[str], batch: int, repeats: int) -> float:
+                         adapters: list[str], batch: int, repeats: int, dtype: str, device: str = "cpu") -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                local_files_only=True).to(device).eval()
     names = list(adapter_paths)
     model = PeftModel.from_pretrained(base, adapter_paths[names[0]], adapter_name=names[0])
     for name in names[1:]:
@@ -245,56 +249,64 @@ def int8_label_change(model_dir: str, count: int) -> float:
 
 
 def capacity(model_dir: str, args) -> dict:
-    """Every figure of the module docstring, as one flat dict (ratios included)."""
+    """Every figure of the module docstring, as one flat dict (ratios included). On CUDA (`args.device`) the
+    int8 and llama.cpp figures, CPU modes, are null."""
     from inference.engine.cpu import default_dtype, describe_processor
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_cpu = device == "cpu"
     c = ModelConfig.from_dir(model_dir)
-    dtype = args.dtype or default_dtype("cpu")
+    dtype = args.dtype or default_dtype(device)
     rng = random.Random(0)
     n = args.requests
     prompts = [[rng.randrange(100, c.vocab_size) for _ in range(args.prompt_len)] for _ in range(n)]
     short = [p[:64] for p in prompts * 2][:16]
-    out: dict = {"model": Path(model_dir).name, "dtype": dtype, "cpu": describe_processor(),
+    out: dict = {"model": Path(model_dir).name, "dtype": dtype, "device": device, "cpu": describe_processor(),
+                 "gpu": torch.cuda.get_device_name() if not on_cpu else None,
                  "threads": torch.get_num_threads(), "requests": n, "prompt_len": args.prompt_len}
     step = lambda name: print(f"... {name}", flush=True)             # noqa: E731
 
     step("matrix-product throughput")
     flops = request_flops(c, args.prompt_len)
-    out["product_gflops"] = product_gflops(c, getattr(torch, dtype), "none", args.repeats)
-    out["product_gflops_int8"] = product_gflops(c, torch.float32, "int8", args.repeats)
+    out["product_gflops"] = product_gflops(c, getattr(torch, dtype), "none", args.repeats, device=device)
     out["roofline_score_rps"] = out["product_gflops"] * 1e9 / flops
-    out["roofline_score_rps_int8"] = out["product_gflops_int8"] * 1e9 / flops
+    out["product_gflops_int8"] = product_gflops(c, torch.float32, "int8", args.repeats) if on_cpu else None
+    out["roofline_score_rps_int8"] = out["product_gflops_int8"] * 1e9 / flops if on_cpu else None
 
     for quant, suffix in (("none", ""), ("int8", "_int8")):
+        keys = [f"ours{suffix}_{k}" for k in ("score_rps", "decode_tok_s_b1", "decode_tok_s_b16")]
+        if quant == "int8" and not on_cpu:
+            out |= dict.fromkeys(keys)
+            continue
         step(f"ours{suffix}")
-        ours = OursRates(ours_engine(model_dir, dtype if quant == "none" else "float32", quant, n, args.prompt_len),
-                         args.repeats)
-        out[f"ours{suffix}_score_rps"] = ours.score_rps(prompts)
-        out[f"ours{suffix}_decode_tok_s_b1"] = ours.decode_tok_s(prompts[:1], args.decode_tokens)
-        out[f"ours{suffix}_decode_tok_s_b16"] = ours.decode_tok_s(short, args.decode_tokens)
+        ours = OursRates(ours_engine(model_dir, dtype if quant == "none" else "float32", quant, n, args.prompt_len,
+                                     device=device), args.repeats)
+        out |= dict(zip(keys, (ours.score_rps(prompts), ours.decode_tok_s(prompts[:1], args.decode_tokens),
+                               ours.decode_tok_s(short, args.decode_tokens))))
         del ours
 
     step("transformers")
-    hf = hf_rates(model_dir, dtype, prompts, args.hf_batch, args.decode_tokens, args.repeats)
+    hf = hf_rates(model_dir, dtype, prompts, args.hf_batch, args.decode_tokens, args.repeats, device)
     out["hf_score_rps"], out["hf_decode_tok_s_b1"] = hf["score_rps"], hf["decode_tok_s_b1"]
 
     step("llama.cpp")
-    gguf = gguf_file() if Path(model_dir).name.startswith("smollm2-135m") else None   # the wheel's model only
-    llama = llamacpp_rates(gguf, prompts, args.decode_tokens, torch.get_num_threads(), args.repeats)
+    own = on_cpu and Path(model_dir).name.startswith("smollm2-135m")   # the wheel's GGUF is this model's
+    llama = llamacpp_rates(gguf_file() if own else None, prompts, args.decode_tokens, torch.get_num_threads(),
+                           args.repeats)
     out["llamacpp_score_rps"], out["llamacpp_decode_tok_s_b1"] = llama["score_rps"], llama["decode_tok_s_b1"]
 
     with tempfile.TemporaryDirectory() as tmp:
         step(f"{args.adapters} adapters")
         paths = make_adapters(model_dir, Path(tmp), args.adapters)
         picks = [rng.choice(list(paths)) for _ in prompts]
-        ours100 = OursRates(ours_engine(model_dir, dtype, "none", n, args.prompt_len, paths), args.repeats)
+        ours100 = OursRates(ours_engine(model_dir, dtype, "none", n, args.prompt_len, paths, device), args.repeats)
         out["ours_score_rps_100"] = ours100.score_rps(prompts, picks)
         del ours100
         step("peft mixed batches")
         out["peft_mixed_score_rps_100"] = peft_mixed_score_rps(model_dir, paths, prompts, picks, args.hf_batch,
-                                                               args.repeats)
+                                                               args.repeats, dtype, device)
     step("int8 label probabilities")
-    out["int8_label_max_abs_dp"] = int8_label_change(model_dir, args.label_prompts)
+    out["int8_label_max_abs_dp"] = int8_label_change(model_dir, args.label_prompts) if on_cpu else None
     return out | ratios(out)
 
 

@@ -258,6 +258,7 @@ def main() -> None:
     capacity_args.add_argument("--capacity", action="store_true")
     capacity_args.add_argument("--model", default=None, help="a registered model name or folder (default: the product's)")
     capacity_args.add_argument("--dtype", default=None, help="default: the processor's fast dtype")
+    capacity_args.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     capacity_args.add_argument("--prompt-len", type=int, default=350)
     capacity_args.add_argument("--decode-tokens", type=int, default=32)
     capacity_args.add_argument("--hf-batch", type=int, default=8)
