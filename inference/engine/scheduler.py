@@ -7,7 +7,8 @@ computed, and a decode is a step of one token. Running requests go first; when b
 run out the least urgent running request is preempted (its KV dropped, recomputed later).
 Requests are ordered by class first (`Priority`: forecasts, then interactive HTTP, then
 warm-ups), and a batch full of a less urgent class gives up seats, and the KV blocks a more
-urgent waiting request needs, to it.
+urgent waiting request needs, to it; while forecasts are in the engine, the others only decode (their
+prefills wait for a step without forecasts, which they would slow down).
 Within a class, waiting requests are admitted earliest-deadline-first, except that one
 waiting longer than `starvation_timeout_s` goes ahead of all deadlines of its class. A
 request whose deadline can no longer be met is answered as expired.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 from inference.engine.block_manager import BlockManager, CachedPrefix
 from inference.engine.config import EngineConfig
-from inference.engine.sequence import Request, RequestKind, RequestStatus, TokenLogprobs
+from inference.engine.sequence import Priority, Request, RequestKind, RequestStatus, TokenLogprobs
 
 
 @dataclass(slots=True)
@@ -89,10 +90,19 @@ class Scheduler:
         out = SchedulerOutput()
         self._expire(now_ns, step_time_ns, out)
         yielded = self._yield_seats(now_ns, out) + self._yield_blocks(now_ns, out)
-        budget = self._schedule_running(now_ns, out, self.config.max_num_batched_tokens)
+        forecasts = any(r.priority is Priority.DEADLINE for r in self.running + self.waiting)
+        budget = self._schedule_running(now_ns, out, self.config.max_num_batched_tokens, forecasts)
         if len(out.preempted) == yielded:     # no request was preempted for want of blocks
-            self._admit_waiting(now_ns, out, budget)
+            self._admit_waiting(now_ns, out, budget, forecasts)
         return out
+
+    @staticmethod
+    def _shares_step(request: Request, num_new: int, forecasts: bool) -> bool:
+        """Whether `request`'s chunk of `num_new` tokens may go in this step. While forecasts are in the
+        engine, less urgent requests only decode (one token each): their prefills would make the forecasts'
+        step as long as a prefill of them all (on the CPU a step's cost grows with its rows), so they wait for
+        a step without forecasts."""
+        return not forecasts or request.priority is Priority.DEADLINE or num_new <= 1
 
     def _yield_seats(self, now_ns: int, out: SchedulerOutput) -> int:
         """When the batch is full, waiting requests of a more urgent class take the seats of running ones
@@ -149,12 +159,15 @@ class Scheduler:
         min_steps = -(-remaining // self.config.max_num_batched_tokens)
         return now_ns + min_steps * step_time_ns > request.deadline_ns
 
-    def _schedule_running(self, now_ns: int, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, now_ns: int, out: SchedulerOutput, budget: int, forecasts: bool) -> int:
         scheduled: set[str] = set()
         for request in sorted(self.running, key=lambda r: self.priority(r, now_ns)):
             if budget == 0 or request.status is not RequestStatus.RUNNING:
                 continue
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            remaining = request.num_tokens - request.num_computed_tokens
+            if not self._shares_step(request, remaining, forecasts):
+                continue
+            num_new = min(remaining, budget)
             if not self._make_room(request, num_new, now_ns, scheduled, out):
                 continue
             self.block_manager.allocate(request, num_new)
@@ -184,11 +197,13 @@ class Scheduler:
         self.num_preemptions += 1
         out.preempted.append(request)
 
-    def _admit_waiting(self, now_ns: int, out: SchedulerOutput, budget: int) -> None:
+    def _admit_waiting(self, now_ns: int, out: SchedulerOutput, budget: int, forecasts: bool) -> None:
         adapters = {r.adapter for r in self.running if r.adapter is not None}
         for request in sorted(self.waiting, key=lambda r: self.priority(r, now_ns)):
             if budget == 0 or len(self.running) >= self.config.max_num_seqs:
                 return
+            if not self._shares_step(request, request.num_tokens, forecasts):
+                return                        # sorted by class: every later one is less urgent too
             if not self._adapter_fits(request, adapters):
                 continue
             cached = self.block_manager.find_cached_prefix(request)

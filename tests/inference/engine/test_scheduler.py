@@ -280,3 +280,26 @@ def test_a_forecast_queued_behind_many_http_requests_is_scheduled_first():
         order += [r.request_id for r in step(sched, now_ns=3)[1]]
     assert order[-1] == "warm"                               # warm-ups after every chat
     assert sched.block_manager.pool.num_free == 256
+
+
+def test_a_forecasts_step_carries_no_prefill_of_chats_or_warmups():
+    """While a forecast is in the engine, chats already decoding go on (one token each), but no chat or
+    warm-up prefills in its step: on the CPU they would make the forecast's step as long as their prefills."""
+    from inference.engine.sequence import Priority
+
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=64, max_num_batched_tokens=64,
+                                   enable_prefix_caching=False))
+    decoding = generate("chat", 6, max_new=5)
+    decoding.priority = Priority.INTERACTIVE
+    sched.add(decoding)
+    step(sched)                                          # prefilled: it decodes from now on
+    for request, priority in ((generate("chat2", 6, max_new=5), Priority.INTERACTIVE),
+                              (score("warm", 8), Priority.BACKGROUND)):
+        request.priority = priority
+        sched.add(request)
+    sched.add(score("forecast", 8, arrival_ns=1, deadline_ns=10 * S))
+    out, finished = step(sched, now_ns=2)
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 1), ("forecast", 8)]
+    assert [r.request_id for r in finished] == ["forecast"]
+    out, _ = step(sched, now_ns=3)                        # no forecast left: the others prefill
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 1), ("chat2", 6), ("warm", 8)]
