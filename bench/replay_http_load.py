@@ -105,7 +105,7 @@ def compare(alone: tuple[dict, pl.DataFrame], loaded: tuple[dict, pl.DataFrame],
 def run(args) -> dict:
     resolve_model_dir(args.model)    # converted before the runs, so that no run's start-up includes it
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
+        workdir = args.out or Path(tmp)
         write_synth_tape(workdir / "tape", args.symbols, args.minutes, seed=4)
         port = free_port()
         flood = Flood(f"http://127.0.0.1:{port}", args.clients, args.max_tokens)
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens each HTTP request asks for")
     parser.add_argument("--symbols", type=int)
     parser.add_argument("--minutes", type=float)
+    parser.add_argument("--out", type=Path, help="keep each run's report, forecasts and worker logs here")
     parser.add_argument("--timeout-s", type=float, default=600.0, help="for all forecasts after the replay")
     args = parser.parse_args(argv)
     args.symbols = args.symbols or (3 if args.quick else 4)
