@@ -9,7 +9,7 @@
    being ready until the last trigger's inference request is out (warm-up requests are not counted;
    the last trigger also waits for the tape's final news watermark, so this is a lower bound).
 3. `buffering`: trigger-to-forecast latency over the whole pipeline (3 symbols x 8 minutes, 20x real
-   time), served by our paged engine with the product's default model (SmolLM2-135M-Instruct, its shipped
+   time; `--buffering-minutes`, `--buffering-speed`), served by our paged engine with the product's default model (SmolLM2-135M-Instruct, its shipped
    adapters, the engine's default dtype for this processor), in three configurations of the same code:
    - `buffered`: warm-ups on (FINLLM_WARMUP=1) and the engine's prefix cache on;
    - `cache_only`: no warm-ups, prefix cache on (a trigger reuses what earlier prompts of the symbol left);
@@ -117,24 +117,25 @@ def _forecast_id(value: bytes) -> str | None:
     return None if request.get("kind") == "warmup" else request["id"]
 
 
-def bench_buffering(workdir: Path, quick: bool, model: str | None) -> dict:
+def bench_buffering(workdir: Path, minutes: float, speed: float, model: str | None) -> dict:
     from agents.lab.demo import DemoOptions, run_demo
     from inference.checkpoints import DEFAULT_MODEL, resolve_model_dir
     from streams.synth import write_synth_tape
 
     model = model or DEFAULT_MODEL
     resolve_model_dir(model)   # converted before the runs, so that no run's start-up includes it
-    write_synth_tape(workdir / "tape", 3, 8 if quick else 20, seed=4)
-    figures = {"model": model}
+    write_synth_tape(workdir / "tape", 3, minutes, seed=4)
+    figures = {"model": model, "buffering_minutes": minutes, "buffering_speed": speed}
     runs = (("buffered", "1", "1"), ("cache_only", "0", "1"), ("unbuffered", "0", "0"))
     for label, warmup, caching in tqdm(runs, desc="pipeline runs", unit="run", disable=not sys.stderr.isatty()):
         os.environ["FINLLM_WARMUP"], os.environ["FINLLM_PREFIX_CACHING"] = warmup, caching
-        report = run_demo(DemoOptions(workdir / label, workdir / "tape", speed=20.0, partitions=2,
+        report = run_demo(DemoOptions(workdir / label, workdir / "tape", speed=speed, partitions=2,
                                       engine="paged", model=model, timeout_s=300))
         figures[f"trigger_to_forecast_ms_p50_{label}"] = report["latency_ms"]["p50"]
         figures[f"trigger_to_forecast_ms_p99_{label}"] = report["latency_ms"]["p99"]
         figures[f"inference_ms_p50_{label}"] = report["inference_ms"]["p50"]
         figures[f"forecasts_{label}"] = report["forecasts"]
+        figures[f"expired_{label}"] = report["status"].get("expired", 0)
         figures |= _by_trigger(workdir / label / "forecasts.parquet", label)
     for name in ("FINLLM_WARMUP", "FINLLM_PREFIX_CACHING"):
         os.environ.pop(name)
@@ -159,6 +160,10 @@ def main() -> None:
     parser.add_argument("--symbols", type=int)
     parser.add_argument("--minutes", type=float)
     parser.add_argument("--model", help="served model for the buffering runs (default: the product's default)")
+    parser.add_argument("--buffering-minutes", type=float, help="tape of the buffering runs (default: 8, 20)")
+    parser.add_argument("--buffering-speed", type=float, default=20.0,
+                        help="replay speed of the buffering runs: one the model keeps up with on this machine "
+                             "(no expired forecasts), or the latency measures the backlog")
     args = parser.parse_args()
     symbols = args.symbols or (10 if args.quick else 40)
     minutes = args.minutes or (30 if args.quick else 60)
@@ -175,7 +180,8 @@ def main() -> None:
     print(f"pipeline: {figures['ticks_per_s']:,} ticks/s through the agents worker "
           f"({figures['requests']}/{figures['triggers']} requests)", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
-        figures |= bench_buffering(Path(workdir), args.quick, args.model)
+        figures |= bench_buffering(Path(workdir), args.buffering_minutes or (8 if args.quick else 20),
+                                   args.buffering_speed, args.model)
     print(f"buffering: trigger-to-forecast p50 {figures['trigger_to_forecast_ms_p50_buffered']} ms buffered, "
           f"{figures['trigger_to_forecast_ms_p50_cache_only']} ms with the prefix cache only, "
           f"{figures['trigger_to_forecast_ms_p50_unbuffered']} ms unbuffered", flush=True)

@@ -27,6 +27,7 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
+from typing import Iterable  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -74,13 +75,16 @@ async def one_stream(client: httpx.AsyncClient, model: str, prompt: str, max_tok
             "timing": usage["timing"]}
 
 
-async def http_load(url: str, model: str, texts: list[str], clients: int, max_tokens: int) -> tuple[list, float]:
-    queue = list(texts)
-    results: list[dict] = []
+async def http_load(url: str, model: str, texts: Iterable[str], clients: int, max_tokens: int,
+                    results: list[dict] | None = None) -> tuple[list, float]:
+    """`clients` concurrent streaming clients, each taking the next of `texts` until none is left (an
+    endless iterator: until cancelled); each answered request's figures go into `results` as it ends."""
+    queue = iter(texts)
+    results = [] if results is None else results
 
     async def client_loop(client: httpx.AsyncClient) -> None:
-        while queue:
-            results.append(await one_stream(client, model, queue.pop(), max_tokens))
+        for text in queue:
+            results.append(await one_stream(client, model, text, max_tokens))
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as client:

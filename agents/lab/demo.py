@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Awaitable, Callable, Iterator
 
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
@@ -33,6 +33,7 @@ from streams.tape import Tape
 from streams.topics import Topics
 
 READY_TIMEOUT_S = 240.0
+Alongside = Callable[[], Awaitable[None]]   # a load run beside the replay (benchmarks): started, then cancelled
 
 
 DEEP_TIER_NICE = 10     # the deep tier's CPU priority below the base tier's when they share the machine
@@ -80,7 +81,9 @@ def services(opts: DemoOptions, workdir: Path) -> Iterator[tuple[str, str, bool]
         yield bootstrap, redis_url, not opts.bootstrap
 
 
-def run_demo(opts: DemoOptions) -> dict:
+def run_demo(opts: DemoOptions, alongside: Alongside | None = None) -> dict:
+    """The demo's report. `alongside`: a coroutine function started once the workers are ready, as the
+    replay starts, and cancelled once every forecast came (a benchmark's HTTP flood)."""
     began = time.monotonic()
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     workdir = opts.out_dir / "run"
@@ -94,7 +97,7 @@ def run_demo(opts: DemoOptions) -> dict:
         kafka = KafkaSettings.from_env(bootstrap) if not embedded else KafkaSettings(bootstrap)
         kafka = KafkaSettings(bootstrap, Topics(prefix, opts.partitions), kafka.security_protocol,
                               kafka.sasl_mechanism, kafka.sasl_username, kafka.sasl_password, kafka.ssl_cafile)
-        result = asyncio.run(_pipeline(opts, tape, kafka, redis_url, expected, run_id, workdir))
+        result = asyncio.run(_pipeline(opts, tape, kafka, redis_url, expected, run_id, workdir, alongside))
     report = build_report(tape, cfg, expected, result) | {
         "processor": describe_processor(), "model_threads": result["model_threads"],
         "dtype": os.environ.get("FINLLM_ENGINE_DTYPE") or "engine default for this processor",
@@ -106,7 +109,7 @@ def run_demo(opts: DemoOptions) -> dict:
 
 
 async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_url: str, expected: set[str],
-                    run_id: str, workdir: Path) -> dict:
+                    run_id: str, workdir: Path, alongside: Alongside | None = None) -> dict:
     await ensure_topics(kafka.bootstrap, kafka.topics.all())
     env = dict(os.environ, **kafka.env(), FINLLM_REDIS_URL=redis_url, FINLLM_ENGINE=opts.engine,
                FINLLM_AGENTS_APP_ID=f"finllm-agents-{run_id}", FINLLM_INFERENCE_GROUP=f"finllm-inference-{run_id}")
@@ -119,7 +122,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     routing = shipped_routing(model) if opts.adapters else None
     if routing:   # trained for the served model: each symbol's requests name its sector's adapter
         env.update(routing.env())
-    started = time.monotonic()
+    started, beside = time.monotonic(), None
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]
     workers.append(WorkerProcess("inference", "inference.worker", tier_env("base", env), workdir))
@@ -135,17 +138,30 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         collecting = asyncio.create_task(collector.run())
         await collector.started.wait()
         await _inject_bad(kafka, opts.inject_bad)
+        beside = asyncio.create_task(alongside()) if alongside else None
         stats = await replay(tape, kafka, speed=opts.speed, bundle_ms=opts.bundle_ms)
         await _wait_for_forecasts(collector, workers, opts.timeout_s)
     finally:
+        failed = await _stop(beside)
         exit_codes = {w.name: w.stop() for w in workers}
     collector.stopping.set()
     await collecting
+    if failed is not None:
+        raise RuntimeError("the load run beside the replay failed") from failed
     return {"forecasts": list(collector.by_id.values()), "wire_forecasts": len(collector.copies),
             "wire_revisions": len({(f.id, f.revision) for _, f in collector.copies}),
             "deadletters": collector.deadletter_reasons(), "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
             "topic_prefix": kafka.topics.prefix, "model_threads": int(env["FINLLM_TORCH_THREADS"])}
+
+
+async def _stop(task: asyncio.Task | None) -> Exception | None:
+    """Cancel `task` (if any) and wait for it; what it failed with before, if it did."""
+    if task is None:
+        return None
+    task.cancel()
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    return outcome if isinstance(outcome, Exception) else None
 
 
 async def _wait_for_forecasts(collector: ForecastCollector, workers: list[WorkerProcess], timeout_s: float) -> None:

@@ -15,7 +15,8 @@ class EngineConfig:
     """Sizes of the KV pool, the per-step budget and the adapter slots.
 
     `max_num_batched_tokens` is the token budget of one step (prefill chunks and
-    decodes together); `starvation_timeout_s` is how long a request may wait before
+    decodes together), `max_yielding_batched_tokens` the part of it less urgent requests
+    may use; `starvation_timeout_s` is how long a request may wait before
     it jumps ahead of earlier deadlines. `cuda_graph_sizes` are the padded batch sizes
     whose decode steps are captured as CUDA graphs (CUDA devices only).
     """
@@ -23,6 +24,9 @@ class EngineConfig:
     block_size: int = 16
     num_blocks: int = 512
     max_num_batched_tokens: int = 2048
+    # tokens of less urgent requests (HTTP, warm-ups) in one step: a forecast that comes while a step runs waits
+    # for it (on 2 CPU cores in float32, 256 rows take about a second; the batch-invariant tile is 256 rows too)
+    max_yielding_batched_tokens: int = 256
     max_num_seqs: int = 64
     max_adapter_slots: int = 8
     max_lora_rank: int = 64
@@ -39,7 +43,7 @@ class EngineConfig:
     quant: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "num_blocks", "max_num_batched_tokens",
+        for name in ("block_size", "num_blocks", "max_num_batched_tokens", "max_yielding_batched_tokens",
                      "max_num_seqs", "max_adapter_slots", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")

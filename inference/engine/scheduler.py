@@ -7,7 +7,9 @@ computed, and a decode is a step of one token. Running requests go first; when b
 run out the least urgent running request is preempted (its KV dropped, recomputed later).
 Requests are ordered by class first (`Priority`: forecasts, then interactive HTTP, then
 warm-ups), and a batch full of a less urgent class gives up seats, and the KV blocks a more
-urgent waiting request needs, to it.
+urgent waiting request needs, to it; a step computes few tokens of less urgent requests (a forecast
+that arrives waits for the step), and while forecasts are in the engine the others only decode
+(`StepBudget`).
 Within a class, waiting requests are admitted by value (`Request.value`, in [0, 1]: what a forecast's
 language-model answer is worth, in VALUE_BANDS bands, so that near values do not override deadlines),
 higher first, then earliest-deadline-first; under load the least valuable requests are the ones that
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 from inference.engine.block_manager import BlockManager, CachedPrefix
 from inference.engine.config import EngineConfig
-from inference.engine.sequence import Request, RequestKind, RequestStatus, TokenLogprobs
+from inference.engine.sequence import Priority, Request, RequestKind, RequestStatus, TokenLogprobs
 
 VALUE_BANDS = 4      # values in [0, 1] rank in bands of 1/4: within a band, deadlines decide
 
@@ -65,6 +67,33 @@ class StepResult:
     logprobs: TokenLogprobs | None = None
 
 
+@dataclass(slots=True)
+class StepBudget:
+    """The tokens one step may still compute: in all, and of less urgent requests (HTTP, warm-ups).
+
+    A forecast that arrives while a step runs waits for it, so less urgent requests compute at most
+    `yielding` tokens a step (a short step); and while forecasts are in the engine the others only
+    decode, one token each (their prefills would make the forecasts' step as long as a prefill of them
+    all: on the CPU a step's cost grows with its rows)."""
+
+    total: int
+    yielding: int
+    forecasts: bool
+
+    def grant(self, request: Request, remaining: int) -> int:
+        """How many of its `remaining` tokens `request` computes this step (0: none)."""
+        if request.priority is Priority.DEADLINE:
+            return min(remaining, self.total)
+        if self.forecasts and remaining > 1:
+            return 0
+        return min(remaining, self.total, self.yielding)
+
+    def spend(self, request: Request, num_tokens: int) -> None:
+        self.total -= num_tokens
+        if request.priority is not Priority.DEADLINE:
+            self.yielding -= num_tokens
+
+
 class Scheduler:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -95,7 +124,9 @@ class Scheduler:
         out = SchedulerOutput()
         self._expire(now_ns, step_time_ns, out)
         yielded = self._yield_seats(now_ns, out) + self._yield_blocks(now_ns, out)
-        budget = self._schedule_running(now_ns, out, self.config.max_num_batched_tokens)
+        budget = StepBudget(self.config.max_num_batched_tokens, self.config.max_yielding_batched_tokens,
+                            forecasts=any(r.priority is Priority.DEADLINE for r in self.running + self.waiting))
+        self._schedule_running(now_ns, out, budget)
         if len(out.preempted) == yielded:     # no request was preempted for want of blocks
             self._admit_waiting(now_ns, out, budget)
         return out
@@ -155,19 +186,18 @@ class Scheduler:
         min_steps = -(-remaining // self.config.max_num_batched_tokens)
         return now_ns + min_steps * step_time_ns > request.deadline_ns
 
-    def _schedule_running(self, now_ns: int, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, now_ns: int, out: SchedulerOutput, budget: StepBudget) -> None:
         scheduled: set[str] = set()
         for request in sorted(self.running, key=lambda r: self.priority(r, now_ns)):
-            if budget == 0 or request.status is not RequestStatus.RUNNING:
+            num_new = budget.grant(request, request.num_tokens - request.num_computed_tokens)
+            if num_new == 0 or request.status is not RequestStatus.RUNNING:
                 continue
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             if not self._make_room(request, num_new, now_ns, scheduled, out):
                 continue
             self.block_manager.allocate(request, num_new)
             out.chunks.append(ScheduledChunk(request, request.num_computed_tokens, num_new))
             scheduled.add(request.request_id)
-            budget -= num_new
-        return budget
+            budget.spend(request, num_new)
 
     def _make_room(self, request: Request, num_new: int, now_ns: int,
                    scheduled: set[str], out: SchedulerOutput) -> bool:
@@ -190,21 +220,21 @@ class Scheduler:
         self.num_preemptions += 1
         out.preempted.append(request)
 
-    def _admit_waiting(self, now_ns: int, out: SchedulerOutput, budget: int) -> None:
+    def _admit_waiting(self, now_ns: int, out: SchedulerOutput, budget: StepBudget) -> None:
         adapters = {r.adapter for r in self.running if r.adapter is not None}
         for request in sorted(self.waiting, key=lambda r: self.priority(r, now_ns)):
-            if budget == 0 or len(self.running) >= self.config.max_num_seqs:
+            if len(self.running) >= self.config.max_num_seqs:
                 return
             if not self._adapter_fits(request, adapters):
                 continue
             cached = self.block_manager.find_cached_prefix(request)
-            num_new = min(request.num_tokens - cached.num_tokens, budget)
-            if not self.block_manager.can_allocate(request, num_new, cached):
-                return
+            num_new = budget.grant(request, request.num_tokens - cached.num_tokens)
+            if num_new == 0 or not self.block_manager.can_allocate(request, num_new, cached):
+                return                        # sorted by class: every later one gets no more
             self._admit(request, cached, num_new, out, now_ns)
             if request.adapter is not None:
                 adapters.add(request.adapter)
-            budget -= num_new
+            budget.spend(request, num_new)
 
     def _adapter_fits(self, request: Request, adapters: set[str]) -> bool:
         if request.adapter is None or request.adapter in adapters:

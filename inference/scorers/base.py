@@ -15,7 +15,8 @@ from schemas import DIRECTIONS
 @dataclass(frozen=True, slots=True)
 class ScoreItem:
     """One prompt to score; `deadline_ns` is wall-clock (time.time_ns()) or None for no deadline;
-    `background`: a warm-up, scheduled after forecasts and interactive requests (engines that schedule);
+    `background`: a warm-up, scheduled after forecasts and interactive requests (engines that schedule), whose
+    `prompt` is the known head of a coming prompt (prefilled as that prompt will start, for the prefix cache);
     `value`: what the answer is worth (inference.tiering), higher served first under load (engines that schedule)."""
 
     request_id: str

@@ -76,8 +76,10 @@ class EngineScorer:
             return None
         rid = f"score-{next(self._ids)}"
         try:
-            self.engine.add_request(rid, self.encode(item.prompt), RequestKind.SCORE, adapter=item.adapter,
-                                    deadline_ns=item.deadline_ns, label_token_ids=self.label_token_ids,
+            # a warm-up's prompt is the known head of a coming one: only the tokens that prompt will start with
+            self.engine.add_request(rid, self.encode(item.prompt, head=item.background), RequestKind.SCORE,
+                                    adapter=item.adapter, deadline_ns=item.deadline_ns,
+                                    label_token_ids=self.label_token_ids,
                                     priority=Priority.BACKGROUND if item.background else Priority.DEADLINE,
                                     value=item.value)
         except ValueError as error:
@@ -92,9 +94,9 @@ class EngineScorer:
         self.engine.add_request(rid, self.encode(prompt), RequestKind.SCORE, label_token_ids=tuple(token_ids))
         return list(self._drain({rid})[rid].label_logits)
 
-    def encode(self, prompt: str) -> list[int]:
-        """`prompt` as the model reads it: in its prompt format, tokenized."""
-        token_ids = self.prompt_format.encode(prompt)
+    def encode(self, prompt: str, head: bool = False) -> list[int]:
+        """`prompt` as the model reads it: in its prompt format, tokenized (`head`: the start of prompts)."""
+        token_ids = (self.prompt_format.encode_head if head else self.prompt_format.encode)(prompt)
         return token_ids or [self.tokenizer.eos_token_id or 0]
 
     def _drain(self, pending: set[str]) -> dict[str, RequestOutput]:

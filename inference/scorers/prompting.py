@@ -14,6 +14,8 @@ from inference.checkpoints import PromptSettings, prompt_settings
 from inference.scorers.base import label_token_ids
 from schemas import DIRECTIONS
 
+_END_OF_HEAD = "\ue000"   # a private-use character no prompt holds: marks where a head ends in its rendering
+
 
 class PromptFormat:
     """A tokenizer with a model's prompt settings: `render` a prompt, its `label_ids`."""
@@ -39,6 +41,19 @@ class PromptFormat:
         if not self.settings.chat:
             return prompt
         return self._chat([{"role": "user", "content": prompt}]) + self.settings.answer_prefix
+
+    def encode_head(self, head: str) -> list[int]:
+        """The tokens `encode` gives every prompt that starts with `head` (a warm-up's known head, cut where
+        the tokenizer splits too) before its own: the rendered prompt up to where `head` ends, without what
+        the template closes the turn with, so that a cache of them covers the whole head."""
+        return self.tokenizer.encode(self.render_head(head), add_special_tokens=False)
+
+    def render_head(self, head: str) -> str:
+        """`render(prompt)` up to the end of `head`, for any prompt that starts with `head`."""
+        if not self.settings.chat:
+            return head
+        rendered = self._chat([{"role": "user", "content": head + _END_OF_HEAD}])
+        return rendered[:rendered.index(_END_OF_HEAD)]
 
     def render_follow_up(self, prompt: str, direction: str, question: str) -> str:
         """The text up to the model's reply to `question`, asked after it answered `prompt` with `direction`

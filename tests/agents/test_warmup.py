@@ -1,4 +1,6 @@
 """Predictive buffering: warm-ups carry the known head of a coming trigger's prompt, sent ahead of it."""
+import pytest
+
 from agents.config import AgentsConfig
 from agents.processor import Processor
 from schemas import NewsItem, Trade
@@ -101,14 +103,18 @@ def test_no_warmups_when_buffering_is_off():
     assert p.due_warmup("ACME", 5) is None
 
 
-def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones(chat):
+    """The warm-up caches every token of the head, the partial last block too; in a chat template as well
+    (the warm-up stops where the head ends, not at the turn's end the template would add after it)."""
     import asyncio
     import time
 
     from inference.scorers.engine import EngineScorer
     from inference.fusion import FusionPolicy
-    from inference.checkpoints import resolve_model_dir
+    from inference.checkpoints import PromptSettings, resolve_model_dir
     from inference.scorers.base import ScoreItem
+    from inference.scorers.prompting import PromptFormat
     from inference.worker import InferenceWorker, WorkerConfig
     from streams.settings import KafkaSettings
 
@@ -117,6 +123,9 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
     warm = p.due_warmup("ACME", time.time_ns())
     request = p.request(next(f for f in fire(p, trade(55), trade(61)) if f.trigger == "cadence"), time.time_ns())
     scorer = EngineScorer(str(resolve_model_dir("tiny")))
+    if chat:   # the real model's layout: a system turn, the prompt as the user turn, an answer prefix
+        scorer.prompt_format = PromptFormat(scorer.tokenizer, PromptSettings(chat=True, system="Be brief.",
+                                                                             answer_prefix="Direction:"))
     worker = InferenceWorker(KafkaSettings("127.0.0.1:9"), None, scorer, WorkerConfig(), FusionPolicy())
     assert worker._queue_warmups([warm]) == [] and list(worker.warm_queue) == [warm]
     asyncio.run(worker._warm_up_queued())                       # what the worker does when nothing is due
@@ -124,6 +133,8 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones():
     blocks = scorer.engine.scheduler.block_manager
     hits = blocks.prefix_hit_tokens
     scorer.score([ScoreItem(request.id, request.prompt, None, None)])
-    head_tokens = len(scorer.tokenizer.encode(warm.prompt))     # all of them: the head's partial last block too
+    head = scorer.prompt_format.encode_head(warm.prompt)        # all of them: the head's partial last block too
+    head_tokens = len(head)
+    assert scorer.encode(request.prompt)[:head_tokens] == head
     assert blocks.prefix_hit_tokens - hits == head_tokens > scorer.engine.config.block_size
     assert worker._queue_warmups([warm, request]) == [request] and not worker.warm_queue   # its trigger came

@@ -57,3 +57,16 @@ def test_a_follow_up_question_comes_after_the_forecasts_answer(tiny_model_dir):
     assert chat.render_follow_up(PROMPT, "up", "Why?") == (
         f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{PROMPT}<|im_end|>\n"
         "<|im_start|>assistant\nDirection: up<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_head_renders_as_the_start_of_every_prompt_it_heads(tiny_model_dir):
+    """A warm-up's head, cut before a space, is prefilled as exactly the tokens its prompts start with: in
+    a chat template, without the end of turn the template would close it with."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    head = PROMPT[:PROMPT.index(" the next")]
+    for settings in (PromptSettings(), PromptSettings(chat=True, system="Be brief.", answer_prefix="Direction:")):
+        prompt_format = PromptFormat(tokenizer, settings)
+        assert prompt_format.render(PROMPT).startswith(prompt_format.render_head(head))
+        assert prompt_format.render_head(head).endswith("Direction over")
+        head_ids = prompt_format.encode_head(head)
+        assert prompt_format.encode(PROMPT)[:len(head_ids)] == head_ids

@@ -304,3 +304,50 @@ def test_value_never_outranks_a_more_urgent_class():
     sched.add(warm)
     sched.add(valued("forecast", 0.0, 90))
     assert step(sched, now_ns=1 * S)[1][0].request_id == "forecast"
+
+
+def test_a_forecasts_step_carries_no_prefill_of_chats_or_warmups():
+    """While a forecast is in the engine, chats already decoding go on (one token each), but no chat or
+    warm-up prefills in its step: on the CPU they would make the forecast's step as long as their prefills."""
+    from inference.engine.sequence import Priority
+
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=64, max_num_batched_tokens=64,
+                                   enable_prefix_caching=False))
+    decoding = generate("chat", 6, max_new=5)
+    decoding.priority = Priority.INTERACTIVE
+    sched.add(decoding)
+    step(sched)                                          # prefilled: it decodes from now on
+    for request, priority in ((generate("chat2", 6, max_new=5), Priority.INTERACTIVE),
+                              (score("warm", 8), Priority.BACKGROUND)):
+        request.priority = priority
+        sched.add(request)
+    sched.add(score("forecast", 8, arrival_ns=1, deadline_ns=10 * S))
+    out, finished = step(sched, now_ns=2)
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 1), ("forecast", 8)]
+    assert [r.request_id for r in finished] == ["forecast"]
+    out, _ = step(sched, now_ns=3)                        # no forecast left: the others prefill
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 1), ("chat2", 6), ("warm", 8)]
+
+
+def test_less_urgent_requests_compute_short_steps_that_a_forecast_waits_for_little():
+    """HTTP requests and warm-ups share `max_yielding_batched_tokens` a step (chunked prefills beyond it),
+    so a forecast arriving mid-step waits for a short one; the forecast itself gets the whole budget."""
+    from inference.engine.sequence import Priority
+
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=64, max_num_batched_tokens=64,
+                                   max_yielding_batched_tokens=16, enable_prefix_caching=False))
+    chat = generate("chat", 10, max_new=3)
+    chat.priority = Priority.INTERACTIVE
+    sched.add(chat)
+    for i in range(3):
+        warm = score(f"warm{i}", 12)
+        warm.priority = Priority.BACKGROUND
+        sched.add(warm)
+    out, _ = step(sched)
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 10), ("warm0", 6)]
+    sched.add(score("forecast", 40, arrival_ns=1, deadline_ns=10 * S))
+    out, finished = step(sched, now_ns=2)
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 1), ("forecast", 40)]
+    assert [r.request_id for r in finished] == ["forecast"]
+    out, _ = step(sched, now_ns=3)
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 1), ("warm0", 6), ("warm1", 9)]
