@@ -35,7 +35,7 @@ from schemas.units import NS_PER_MS
 
 Route = Literal["skip", "base"]
 QUANT_ENV = "FINLLM_ENGINE_QUANT"    # the engine's weight quantisation (e.g. int8), read by the engine
-TIER_QUANT = {"base": ("FINLLM_BASE_QUANT", "int8"), "deep": ("FINLLM_DEEP_QUANT", "")}   # setting, default
+TIER_QUANT = {"base": ("FINLLM_BASE_QUANT", "auto"), "deep": ("FINLLM_DEEP_QUANT", "")}   # setting, default
 LOG_3 = math.log(3.0)
 
 
@@ -127,7 +127,8 @@ def value_first(requests: list[InferenceRequest], now_ns: int, cost_ns: int) -> 
 
 def tier_env(tier: str, env: dict[str, str]) -> dict[str, str]:
     """The environment of one tier's inference workers: FINLLM_TIER, and the engine's quantisation from
-    FINLLM_BASE_QUANT (default int8: the base tier is the fast one) or FINLLM_DEEP_QUANT (default none:
+    FINLLM_BASE_QUANT (default auto: int8 where the CPU lacks native bf16, the base tier being the fast one;
+    inference.engine.cpu.default_quant) or FINLLM_DEEP_QUANT (default none:
     the deep tier runs the model at full precision), passed to the engine as FINLLM_ENGINE_QUANT."""
     setting, default = TIER_QUANT[tier]
     return dict(env, FINLLM_TIER=tier, **{QUANT_ENV: env.get(setting, default)})

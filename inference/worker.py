@@ -7,7 +7,8 @@ is confident and no news is new (status "skipped"), scores the rest with the val
 escalates divergent, low-confidence or review-flagged answers to the deep tier (`inference-requests-deep`),
 marking the forecast `escalated`. The deep tier scores the longer prompt and publishes the answer as
 revision 1 of the same forecast id (tier "deep"). Each pool's engine settings come from its own
-environment (the demo and docker compose give the base pool FINLLM_ENGINE_QUANT=int8).
+environment (the demo and docker compose give the base pool FINLLM_ENGINE_QUANT=auto: int8 on CPUs without
+native bf16).
 
 Consume a batch of inference requests, score them with the language model (any `Scorer`), fuse
 with the numeric signal, publish the forecasts, record the latest per symbol in Redis (with the prompt it
@@ -62,7 +63,7 @@ class WorkerConfig:
     device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
     dtype: str | None = None         # paged engine; None: build_scorer's default (the processor's fast dtype)
     batch_invariant: bool | None = None   # paged engine; None: build_scorer's default (on for the CPU path)
-    quant: str | None = None         # paged engine, CPU: "int8" (FINLLM_ENGINE_QUANT); None: in `dtype`
+    quant: str | None = None         # paged engine: "int8" or "auto" (FINLLM_ENGINE_QUANT); None: in `dtype`
     prefix_caching: bool = True      # paged engine: reuse computed prompt prefixes (warm-ups need it)
     torch_threads: int | None = None  # CPU threads for the model; None: torch's default (every core)
     tier: str = "base"               # "base": every trigger, escalates; "deep": the escalated ones, revision 1

@@ -15,8 +15,8 @@ from agents.cli.options import model_option, prefix_option, redis_option
 @click.option("--no-adapters", is_flag=True, help="Leave out the adapters shipped for the model.")
 @click.option("--device", envvar="FINLLM_DEVICE", help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", envvar="FINLLM_ENGINE_DTYPE", help="Engine dtype (default: bfloat16 on CUDA and on CPUs with native bf16, else float32).")
-@click.option("--quant", type=click.Choice(["none", "int8"]), envvar="FINLLM_ENGINE_QUANT",
-              help="int8: the model's matrices in int8 (CPU; default none).")
+@click.option("--quant", type=click.Choice(["none", "int8", "auto"]), envvar="FINLLM_ENGINE_QUANT",
+              help="int8: the model's matrices in int8 (CPU); auto: int8 on CPUs without native bf16 (default none).")
 @click.option("--threads", type=int, envvar="FINLLM_TORCH_THREADS", help="torch CPU threads.")
 @redis_option("Redis URL of the stack whose latest forecasts /v1/explain/SYMBOL explains (none: no explain).")
 @prefix_option()

@@ -42,7 +42,7 @@ DEEP_TIER_NICE = 10     # the deep tier's CPU priority below the base tier's whe
 def default_speed() -> float:
     """The demo's replay speed when none is given: 30x where the engine computes in bf16 natively (AMX/AVX-512
     bf16 CPUs, CUDA), else 15x. Measured on 2 cores (README "Quick start"): an Intel Xeon with AMX answers all
-    160 sample triggers at 30x; an AMD EPYC (AVX2, float32 and the base tier in int8) misses deadlines there."""
+    160 sample triggers at 30x; an AMD EPYC (AVX2: float32, the base tier in int8) misses deadlines there."""
     import torch
 
     from inference.engine.cpu import default_dtype
@@ -67,6 +67,13 @@ class DemoOptions:
     bundle_ms: int = 0                  # replay ticks in per-symbol bundles of this event-time span
     adapters: bool = True               # serve the adapters shipped for the model (if any), by sector
     deep_tier: bool = True              # start the deep tier's worker pool (escalated forecasts)
+
+
+def _resolved_quant(setting: str) -> str:
+    """A tier's quantisation as its engine on this machine's CPU resolves it ("auto" -> "int8" or "none")."""
+    from inference.engine.cpu import default_dtype, default_quant
+
+    return default_quant("cpu", default_dtype("cpu")) if setting == "auto" else setting or "none"
 
 
 @contextlib.contextmanager
@@ -101,7 +108,7 @@ def run_demo(opts: DemoOptions, alongside: Alongside | None = None) -> dict:
     report = build_report(tape, cfg, expected, result) | {
         "processor": describe_processor(), "model_threads": result["model_threads"],
         "dtype": os.environ.get("FINLLM_ENGINE_DTYPE") or "engine default for this processor",
-        "quant": {tier: tier_env(tier, dict(os.environ))["FINLLM_ENGINE_QUANT"] or "none"
+        "quant": {tier: _resolved_quant(tier_env(tier, dict(os.environ))["FINLLM_ENGINE_QUANT"])
                   for tier in ("base", "deep")[:2 if opts.deep_tier else 1]},
         "wall_s": round(time.monotonic() - began, 1)}
     forecasts_frame(result["forecasts"], tape).write_parquet(opts.out_dir / "forecasts.parquet")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-QUANT_MODES = ("none", "int8")      # "int8": inference.kernels.int8 (this module stays torch-free)
+QUANT_MODES = ("none", "int8", "auto")   # "int8": inference.kernels.int8 (this module stays torch-free)
 
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")   # names of torch dtypes (the engine takes torch.<name>)
@@ -39,7 +39,8 @@ class EngineConfig:
     # a request's logits bit-identical whatever it is batched with (inference.kernels.invariant); None: on
     # wherever the torch (CPU) path runs, off on the Triton path, which has no such mode (True there: an error)
     batch_invariant: bool | None = None
-    # "int8": the layers' matrices in int8 through fbgemm, CPU only (inference.kernels.int8); "none": in `dtype`
+    # "int8": the layers' matrices in int8 through fbgemm, CPU only (inference.kernels.int8); "none": in `dtype`;
+    # "auto": int8 on a CPU whose fast dtype is float32 (no native bf16), else none (inference.engine.cpu)
     quant: str = "none"
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from inference.engine.adapters import AdapterRegistry, AdapterSlots
 from inference.engine.config import AUTO_DTYPE, EngineConfig
-from inference.engine.cpu import default_dtype
+from inference.engine.cpu import default_dtype, default_quant
 from inference.engine.lora import LoraAdapter, load_peft_adapter
 from inference.engine.model import Transformer
 from inference.engine.model_runner import ModelRunner
@@ -39,8 +39,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.clock_ns = clock_ns
         dtype = default_dtype(device) if self.config.dtype == AUTO_DTYPE else self.config.dtype
-        self.model = Transformer.from_dir(model_dir, getattr(torch, dtype), torch.device(device),
-                                          self.config.quant)
+        quant = default_quant(device, dtype) if self.config.quant == "auto" else self.config.quant
+        self.model = Transformer.from_dir(model_dir, getattr(torch, dtype), torch.device(device), quant)
         self.runner = ModelRunner(self.model, self.config)
         self.scheduler = Scheduler(self.config)
         self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()

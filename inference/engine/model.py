@@ -155,8 +155,8 @@ class Transformer:
 
     def __init__(self, config: ModelConfig, state: dict[str, torch.Tensor],
                  dtype: torch.dtype, device: torch.device, quant: str = "none") -> None:
-        if quant not in QUANT_MODES:
-            raise ValueError(f"quant must be one of {QUANT_MODES}, got {quant!r}")
+        if quant not in QUANT_MODES or quant == "auto":
+            raise ValueError(f"quant must be one of {QUANT_MODES[:2]}, got {quant!r}")
         self.config = config
         self.quant = quant
         get = lambda name: state[name].to(device=device, dtype=dtype)  # noqa: E731

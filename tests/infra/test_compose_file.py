@@ -169,6 +169,6 @@ def test_the_deep_tier_is_its_own_pool_at_full_precision(services) -> None:
     for base, deep in (("inference", "inference-deep"), ("inference-cpu", "inference-deep-cpu")):
         base_env, deep_env = services[base]["environment"], services[deep]["environment"]
         assert (base_env["FINLLM_TIER"], deep_env["FINLLM_TIER"]) == ("base", "deep")
-        assert base_env["FINLLM_ENGINE_QUANT"] == "int8" and deep_env["FINLLM_ENGINE_QUANT"] == ""
+        assert base_env["FINLLM_ENGINE_QUANT"] == "auto" and deep_env["FINLLM_ENGINE_QUANT"] == ""
         assert services[deep]["command"] == services[base]["command"] and not services[deep].get("ports")
     assert services["inference-deep-cpu"]["profiles"] == ["cpu"]

@@ -76,3 +76,18 @@ def test_worker_reads_the_quant_setting(monkeypatch):
     assert WorkerConfig.from_env().quant == "int8"
     monkeypatch.delenv("FINLLM_ENGINE_QUANT")
     assert WorkerConfig.from_env().quant is None
+
+
+def test_auto_quant_is_int8_only_where_the_cpu_computes_in_float32(tiny_model_dir):
+    from inference.engine.config import EngineConfig
+    from inference.engine.cpu import default_quant
+    from inference.engine.engine import Engine
+    from inference.kernels.int8 import Int8Weight
+
+    assert default_quant("cpu", "float32") == "int8"
+    assert default_quant("cpu", "bfloat16") == "none"
+    assert default_quant("cuda", "float32") == "none"
+    layer = Engine(tiny_model_dir, EngineConfig(dtype="float32", quant="auto")).model.layers[0]
+    assert isinstance(layer.qkv, Int8Weight)
+    assert not isinstance(Engine(tiny_model_dir, EngineConfig(dtype="bfloat16", quant="auto")).model.layers[0].qkv,
+                          Int8Weight)
