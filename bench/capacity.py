@@ -142,7 +142,7 @@ def hf_rates(model_dir: str, dtype: str, prompts: list[list[int]], batch: int, n
 
 
 def hf_score_rps(model, prompts: list[list[int]], batch: int, repeats: int,
-                 adapters: list[str] | None = None) -> float:
+                 adapters: list[str] | None = None, warm_up: bool = True) -> float:
     """Equal-length prompts in batches of `batch` (no padding); `adapters`: PEFT's per-row adapter_names."""
     @torch.inference_mode()
     def run() -> None:
@@ -151,7 +151,8 @@ def hf_score_rps(model, prompts: list[list[int]], batch: int, repeats: int,
             model(input_ids=torch.tensor(prompts[i:i + batch], device=model.device), logits_to_keep=1,
                   **kw).logits[:, -1, list(LABEL_IDS)].softmax(-1).cpu()
 
-    run()
+    if warm_up:
+        run()
     return len(prompts) / best_of(repeats, run)
 
 
@@ -187,7 +188,7 @@ def peft_mixed_score_rps(model_dir: str, adapter_paths: dict[str, str], prompts:
     model = PeftModel.from_pretrained(base, adapter_paths[names[0]], adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(adapter_paths[name], adapter_name=name)
-    return hf_score_rps(model.eval(), prompts, batch, repeats, adapters)
+    return hf_score_rps(model.eval(), prompts, batch, repeats, adapters, warm_up=False)   # slow: one timed pass
 
 
 def gguf_file() -> str | None:
@@ -268,47 +269,53 @@ def capacity(model_dir: str, args) -> dict:
                  "threads": torch.get_num_threads(), "requests": n, "prompt_len": args.prompt_len}
     step = lambda name: print(f"... {name}", flush=True)             # noqa: E731
 
+    def note(**figures) -> None:       # each figure printed as it is measured: a cut-off run keeps what it had
+        out.update(figures)
+        for key, value in figures.items():
+            print(f"    {key} = {value}", flush=True)
+
     step("matrix-product throughput")
     flops = request_flops(c, args.prompt_len)
-    out["product_gflops"] = product_gflops(c, getattr(torch, dtype), "none", args.repeats, device=device)
-    out["roofline_score_rps"] = out["product_gflops"] * 1e9 / flops
-    out["product_gflops_int8"] = product_gflops(c, torch.float32, "int8", args.repeats) if on_cpu else None
-    out["roofline_score_rps_int8"] = out["product_gflops_int8"] * 1e9 / flops if on_cpu else None
+    note(product_gflops=product_gflops(c, getattr(torch, dtype), "none", args.repeats, device=device))
+    note(roofline_score_rps=out["product_gflops"] * 1e9 / flops)
+    note(product_gflops_int8=product_gflops(c, torch.float32, "int8", args.repeats) if on_cpu else None)
+    note(roofline_score_rps_int8=out["product_gflops_int8"] * 1e9 / flops if on_cpu else None)
 
     for quant, suffix in (("none", ""), ("int8", "_int8")):
         keys = [f"ours{suffix}_{k}" for k in ("score_rps", "decode_tok_s_b1", "decode_tok_s_b16")]
         if quant == "int8" and not on_cpu:
-            out |= dict.fromkeys(keys)
+            note(**dict.fromkeys(keys))
             continue
         step(f"ours{suffix}")
         ours = OursRates(ours_engine(model_dir, dtype if quant == "none" else "float32", quant, n, args.prompt_len,
                                      device=device), args.repeats)
-        out |= dict(zip(keys, (ours.score_rps(prompts), ours.decode_tok_s(prompts[:1], args.decode_tokens),
-                               ours.decode_tok_s(short, args.decode_tokens))))
+        note(**{keys[0]: ours.score_rps(prompts)})
+        note(**{keys[1]: ours.decode_tok_s(prompts[:1], args.decode_tokens)})
+        note(**{keys[2]: ours.decode_tok_s(short, args.decode_tokens)})
         del ours
 
     step("transformers")
     hf = hf_rates(model_dir, dtype, prompts, args.hf_batch, args.decode_tokens, args.repeats, device)
-    out["hf_score_rps"], out["hf_decode_tok_s_b1"] = hf["score_rps"], hf["decode_tok_s_b1"]
+    note(hf_score_rps=hf["score_rps"], hf_decode_tok_s_b1=hf["decode_tok_s_b1"])
 
     step("llama.cpp")
     own = on_cpu and Path(model_dir).name.startswith("smollm2-135m")   # the wheel's GGUF is this model's
     llama = llamacpp_rates(gguf_file() if own else None, prompts, args.decode_tokens, torch.get_num_threads(),
                            args.repeats)
-    out["llamacpp_score_rps"], out["llamacpp_decode_tok_s_b1"] = llama["score_rps"], llama["decode_tok_s_b1"]
+    note(llamacpp_score_rps=llama["score_rps"], llamacpp_decode_tok_s_b1=llama["decode_tok_s_b1"])
 
+    step("int8 label probabilities")
+    note(int8_label_max_abs_dp=int8_label_change(model_dir, args.label_prompts) if on_cpu else None)
     with tempfile.TemporaryDirectory() as tmp:
         step(f"{args.adapters} adapters")
         paths = make_adapters(model_dir, Path(tmp), args.adapters)
         picks = [rng.choice(list(paths)) for _ in prompts]
         ours100 = OursRates(ours_engine(model_dir, dtype, "none", n, args.prompt_len, paths, device), args.repeats)
-        out["ours_score_rps_100"] = ours100.score_rps(prompts, picks)
+        note(ours_score_rps_100=ours100.score_rps(prompts, picks))
         del ours100
         step("peft mixed batches")
-        out["peft_mixed_score_rps_100"] = peft_mixed_score_rps(model_dir, paths, prompts, picks, args.hf_batch,
-                                                               args.repeats, dtype, device)
-    step("int8 label probabilities")
-    out["int8_label_max_abs_dp"] = int8_label_change(model_dir, args.label_prompts) if on_cpu else None
+        note(peft_mixed_score_rps_100=peft_mixed_score_rps(model_dir, paths, prompts, picks, args.hf_batch,
+                                                           args.repeats, dtype, device))
     return out | ratios(out)
 
 
