@@ -4,9 +4,10 @@ Every request a replay of a synthetic tape makes is answered three ways by the p
 process: base-only (the tier policy's skips, the base tier's short prompt for the rest, on the base tier's
 engine: int8 weights by default, FINLLM_BASE_QUANT), deep-for-all (the deep prompt for every trigger, on
 the deep tier's engine: full precision by default, FINLLM_DEEP_QUANT) and tiered (the base tier, then the
-deep prompt for the forecasts the policy escalates). Quality: MCC and log-loss of the fused forecasts
-against the realised directions, with 95% cluster-bootstrap intervals. Throughput: triggers answered per
-second of engine time, all queued at once.
+deep prompt for the forecasts the policy escalates), each with the model's shipped adapters, routes and
+fitted fusion weights as the demo serves them (`--no-adapters`: the base model alone). Quality: MCC and
+log-loss of the fused forecasts against the realised directions, with 95% cluster-bootstrap intervals.
+Throughput: triggers answered per second of engine time, all queued at once.
 
 Overload: requests arrive one by one, Poisson at twice deep-for-all's measured throughput, for
 `--overload-s` seconds (the tape's requests in turn), each due `--deadline-ms` after its arrival (the
@@ -25,7 +26,7 @@ import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,12 @@ CONFIGS = ("base", "deep_all", "tiered")
 
 @dataclass(frozen=True, slots=True)
 class Tiers:
-    """The two tiers' scorers (one and the same when their settings agree) and the policy between them."""
+    """The two tiers' scorers (one and the same when their settings agree), the policy between them, the fusion."""
 
     base: object
     deep: object
     policy: TierPolicy
+    fusion: FusionPolicy
 
     @property
     def engines(self) -> list:
@@ -84,15 +86,19 @@ def fused(requests, llm: dict, fusion: FusionPolicy) -> np.ndarray:
     return np.asarray(out)
 
 
-def escalates(policy: TierPolicy, request, probs) -> bool:
-    return probs is not None and bool(policy.escalation_reasons(
-        request.numeric, Probs.normalised(*probs), False, request.value or 0.0))
+def escalates(tiers: Tiers, request, probs) -> bool:
+    """Whether the base tier's worker sends this answer to the deep tier (divergent, low confidence, review)."""
+    if probs is None:
+        return False
+    llm = Probs.normalised(*probs)
+    review = tiers.fusion.needs_review(llm, request.features.get("ret_since_news"))
+    return bool(tiers.policy.escalation_reasons(request.numeric, llm, review, request.value or 0.0))
 
 
 def run_tiered(tiers: Tiers, asked) -> tuple[dict, float, int]:
     """The base tier, then the deep prompt for the escalated ones: {id: probs}, seconds, escalated count."""
     base, base_s = score(tiers.base, asked, "base")
-    escalate = [r for r in asked if escalates(tiers.policy, r, base.get(r.id))]
+    escalate = [r for r in asked if escalates(tiers, r, base.get(r.id))]
     deep, deep_s = score(tiers.deep, escalate, "deep")
     return base | {i: p for i, p in deep.items() if p is not None}, base_s + deep_s, len(escalate)
 
@@ -182,7 +188,7 @@ class OverloadRun:
                 continue
             self.tally.answered += 1
             self.tally.latencies_ms.append((time.time_ns() - arrival_ns) / NS_PER_MS)
-            if self.config == "tiered" and escalates(self.tiers.policy, request, probs):
+            if self.config == "tiered" and escalates(self.tiers, request, probs):
                 self.tally.escalated += 1
                 now_ns = time.time_ns()
                 self.submit("deep", request, now_ns, now_ns + self.tiers.policy.deep_deadline_ms * NS_PER_MS)
@@ -195,16 +201,32 @@ def overload(tiers: Tiers, requests, rate_per_s: float, duration_s: float, deadl
     return {name: OverloadRun(tiers, name, deadline_ms * NS_PER_MS).run(stream).figures() for name in CONFIGS}
 
 
-def build_tiers(model: str | None, policy: TierPolicy) -> Tiers:
-    """Each tier's engine with its quantisation (FINLLM_BASE_QUANT, default int8; FINLLM_DEEP_QUANT, default none)."""
+def build_tiers(model: str | None, adapters: dict[str, str], policy: TierPolicy, fusion: FusionPolicy) -> Tiers:
+    """Each tier's engine with its quantisation (FINLLM_BASE_QUANT, default int8; FINLLM_DEEP_QUANT, default
+    none) and the adapters the workers serve. No prefix cache: each configuration scores the same prompts
+    again (and the overload cycles them), so a cache would hand the later ones the earlier ones' work."""
     from inference.checkpoints import resolve_model_dir
     from inference.scorers.factory import build_scorer
 
     quant = {tier: os.environ.get(setting, default) or "none" for tier, (setting, default) in TIER_QUANT.items()}
     model_dir = resolve_model_dir(model)
-    deep = build_scorer("paged", model_dir, quant=quant["deep"])
-    base = deep if quant["base"] == quant["deep"] else build_scorer("paged", model_dir, quant=quant["base"])
-    return Tiers(base, deep, policy)
+    deep = build_scorer("paged", model_dir, adapters=adapters, quant=quant["deep"], prefix_caching=False)
+    base = deep if quant["base"] == quant["deep"] else build_scorer("paged", model_dir, adapters=adapters,
+                                                                    quant=quant["base"], prefix_caching=False)
+    return Tiers(base, deep, policy, fusion)
+
+
+def served(model: str | None, with_adapters: bool) -> tuple[AgentsConfig, dict[str, str]]:
+    """The agents' settings and the adapters (name -> folder) of the model's shipped set, as the demo serves
+    them; without adapters, the base model alone."""
+    from inference.adapters.shipped import shipped_routing
+
+    cfg = AgentsConfig.from_env()
+    routing = shipped_routing(model) if with_adapters else None
+    if routing is None:
+        return cfg, {}
+    cfg = replace(cfg, adapters=dict(routing.routes), default_adapter=routing.default)
+    return cfg, {name: str(path) for name, path in routing.adapters.items()}
 
 
 def parse_args() -> argparse.Namespace:
@@ -215,12 +237,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--deadline-ms", type=int, default=None, help="default: FINLLM_DEADLINE_MS (10000)")
     parser.add_argument("--overload-s", type=float, default=None, help="arrivals for this long (default: "
                         "3 deadlines with --quick, else 6)")
+    parser.add_argument("--no-adapters", action="store_true", help="the base model alone (default: its shipped "
+                        "adapters and routes, with their fitted fusion weights)")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    cfg = AgentsConfig.from_env()
+    cfg, adapters = served(args.model, not args.no_adapters)
     deadline_ms = args.deadline_ms or cfg.deadline_ms
     overload_s = args.overload_s or deadline_ms / 1e3 * (3 if args.quick else 6)
     symbols, minutes = (2, 20) if args.quick else (8, 120)
@@ -228,17 +252,17 @@ def main() -> None:
     examples = build_examples(Tape.read(args.out / "tape"), cfg)
     y = label_array(examples)
     resamples = cluster_resamples(example_clusters(examples), 200 if args.quick else 1000, seed=0)
-    tiers = build_tiers(args.model, TierPolicy.from_env())
+    fusion = FusionPolicy.from_env(adapters)
+    tiers = build_tiers(args.model, adapters, TierPolicy.from_env(), fusion)
     requests, skipped = tiers.policy.plan([e.request for e in examples])
     asked = [r for r in requests if r.id not in skipped]
     print(f"processor: {describe_processor()}; {len(requests)} triggers; model {tiers.deep.model_name}", flush=True)
 
     for scorer, tier in ((tiers.base, "base"), (tiers.deep, "deep")):
-        score(scorer, requests[:8], tier)                                  # warm-up, not measured
+        score(scorer, requests, tier)      # warm-up, not measured: a first pass over new shapes runs several times slower
     base, base_s = score(tiers.base, asked, "base")
     deep_all, deep_s = score(tiers.deep, requests, "deep")
     tiered, tiered_s, escalated = run_tiered(tiers, asked)
-    fusion = FusionPolicy()
     quality = {name: evaluate_forecast(fused(requests, llm, fusion), y, resamples)
                for name, llm in (("base", base), ("deep_all", deep_all), ("tiered", tiered))}
     rps = {"base": len(requests) / base_s, "deep_all": len(requests) / deep_s, "tiered": len(requests) / tiered_s}
@@ -248,6 +272,8 @@ def main() -> None:
     for scorer in {id(s): s for s in tiers.engines}.values():
         scorer.close()
     result = {"triggers": len(requests), "processor": describe_processor(), "model": args.model or "default",
+              "adapters": sorted(adapters), "base_quant": tiers.base.engine.config.quant,
+              "deep_quant": tiers.deep.engine.config.quant,
               "deep_share": escalated / len(requests), "skipped_share": len(skipped) / len(requests),
               **{f"mcc_{k}": round(v["mcc"], 4) for k, v in quality.items()},
               **{f"mcc_{k}_ci": [round(x, 4) for x in v["mcc_ci"]] for k, v in quality.items()},
