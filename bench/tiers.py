@@ -17,7 +17,7 @@ forecast is already published). Expired: the share of arrivals whose forecast mi
 is then numeric-only); a tiered deep revision that is late leaves the base answer standing, and is
 counted apart. Latency: arrival to answer, p99, of the answered ones. Last line: one JSON object.
 
-    python bench/tiers.py --quick [--model tiny] [--overload-s S] [--deadline-ms MS]
+    python bench/tiers.py --quick [--model tiny] [--overload-s S] [--deadline-ms MS] [--threads 1]
 """
 from __future__ import annotations
 
@@ -237,6 +237,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--deadline-ms", type=int, default=None, help="default: FINLLM_DEADLINE_MS (10000)")
     parser.add_argument("--overload-s", type=float, default=None, help="arrivals for this long (default: "
                         "3 deadlines with --quick, else 6)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 on a machine other "
+                        "jobs share, where OpenMP's threads wait for each other)")
     parser.add_argument("--no-adapters", action="store_true", help="the base model alone (default: its shipped "
                         "adapters and routes, with their fitted fusion weights)")
     return parser.parse_args()
@@ -244,6 +246,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     cfg, adapters = served(args.model, not args.no_adapters)
     deadline_ms = args.deadline_ms or cfg.deadline_ms
     overload_s = args.overload_s or deadline_ms / 1e3 * (3 if args.quick else 6)
