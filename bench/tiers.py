@@ -271,6 +271,8 @@ def main() -> None:
     quality = {name: evaluate_forecast(fused(requests, llm, fusion), y, resamples)
                for name, llm in (("base", base), ("deep_all", deep_all), ("tiered", tiered))}
     rps = {"base": len(requests) / base_s, "deep_all": len(requests) / deep_s, "tiered": len(requests) / tiered_s}
+    print(f"quality: " + "; ".join(f"{k} MCC {v['mcc']:.3f} {[round(x, 3) for x in v['mcc_ci']]} log-loss "
+                                    f"{v['logloss']:.3f}" for k, v in quality.items()) + f"; escalated {escalated}")
     print(f"throughput (triggers/s): {rps}; overload: {2 * rps['deep_all']:.1f} arrivals/s for {overload_s:.0f} s, "
           f"deadline {deadline_ms} ms", flush=True)
     loaded = overload(tiers, requests, 2 * rps["deep_all"], overload_s, deadline_ms)
