@@ -17,7 +17,7 @@ class AgentsConfig:
     long_window_s: int = 300         # ... and over the last five minutes
     news_window_s: int = 1_800       # news older than this (event time) no longer counts
     news_half_life_s: int = 600      # weight of a news item halves every half-life (shown in the prompt)
-    max_news_in_prompt: int = 5      # the base tier's (short) prompt
+    max_news_in_prompt: int = 3      # the base tier's short prompt: the latest news only, no price history
     deep_max_news: int = 10          # the deep tier's longer prompt: more news ...
     deep_history_min: int = 15       # ... and the price's last minutes, one return each
     flat_bps: float = 5.0            # |move| below this many basis points counts as flat
@@ -72,6 +72,7 @@ class AgentsConfig:
                                 ("FINLLM_TICK_LATENESS_MS", "tick_lateness_ms", int),
                                 ("FINLLM_WARMUP_LEAD_S", "warmup_lead_s", int),
                                 ("FINLLM_MAX_PROMPT_CHARS", "max_prompt_chars", int),
+                                ("FINLLM_BASE_MAX_NEWS", "max_news_in_prompt", int),
                                 ("FINLLM_DEEP_MAX_NEWS", "deep_max_news", int),
                                 ("FINLLM_DEEP_HISTORY_MIN", "deep_history_min", int)):
             if env.get(var):

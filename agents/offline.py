@@ -16,10 +16,12 @@ from schemas import NewsItem, tick_from_obj
 
 
 def fired_triggers(events: Iterable[tuple[str, dict[str, Any]]], cfg: AgentsConfig,
-                   news_policy: NewsPolicy | None = None) -> Iterator[Fired]:
+                   news_policy: NewsPolicy | None = None, processor: Processor | None = None) -> Iterator[Fired]:
     """`events` as a tape yields them: ("tick", row) / ("news", row) in event-time order. News goes
-    through the agents' news screen first (`news_policy`, default from the environment)."""
-    processor = Processor(cfg, gated=False)
+    through the agents' news screen first (`news_policy`, default from the environment). Pass the
+    `processor` (ungated) to build each trigger's request from it as it fires, as the agents do: the deep
+    prompt reads the symbol's state (its price history) at that moment."""
+    processor = processor or Processor(cfg, gated=False)
     news_screen = LocalNewsScreen(news_policy or NewsPolicy.from_env())
     for kind, row in events:
         if kind == "tick":

@@ -43,9 +43,10 @@ class Split:
 
 
 def requests_from_tape(tape: Tape, cfg: AgentsConfig) -> list[InferenceRequest]:
-    """Every request a replay of `tape` makes, in firing order (wall times are zero)."""
+    """Every request a replay of `tape` makes, in firing order (wall times are zero), each built when it
+    fires by the processor that fired it (so it has the deep tier's prompt, as the agents' requests do)."""
     processor = Processor(cfg, gated=False)
-    return [processor.request(fired, 0) for fired in fired_triggers(tape.events(), cfg)]
+    return [processor.request(fired, 0) for fired in fired_triggers(tape.events(), cfg, processor=processor)]
 
 
 def build_examples(tape: Tape, cfg: AgentsConfig, task: str = "direction") -> list[Example]:

@@ -202,7 +202,7 @@ def test_news_block_is_built_on_arrival_and_prefixes_the_trigger_prompt():
 
 
 def test_oversized_prompts_drop_their_oldest_news_and_say_so():
-    cfg = AgentsConfig(cadence_s=3600, max_prompt_chars=700)
+    cfg = AgentsConfig(cadence_s=3600, max_prompt_chars=700, max_news_in_prompt=5)
     p = Processor(cfg, gated=False)
     p.on_tick(trade(1, 100.0), 0)
     for i in range(5):
@@ -233,3 +233,19 @@ def test_requests_count_the_news_new_since_the_previous_cadence_and_carry_a_long
     deep = at_180.prompt_deep
     assert all(f"ACME item {i}" in deep for i in range(4)) and "ACME item 0" not in at_180.prompt
     assert "Price, last 3 minutes (bp per minute, oldest first): +5" in deep and deep.endswith(at_180.prompt.split("\n")[-1])
+
+
+def test_by_default_the_base_prompt_is_short_and_the_deep_one_long():
+    """The base tier reads the latest 3 news and no price history; the deep tier 10 news and 15 minutes of price."""
+    cfg = AgentsConfig.from_env({})
+    assert cfg == AgentsConfig() and AgentsConfig.from_env({"FINLLM_BASE_MAX_NEWS": "2"}).max_news_in_prompt == 2
+    p = Processor(cfg, gated=False)
+    p.on_tick(trade(0, 100.0), 0)
+    for i in range(6):
+        p.on_news(news(f"n{i}", 10 + i, headline=f"ACME item {i}"), "ACME", 0)
+    fired = [f for second in range(20, 1000, 5) for f in p.on_tick(trade(second, 100 + second / 1000), 0)
+             if f.trigger == "cadence"]
+    request = p.request(fired[-1], 0)
+    assert request.news_ids == ("n3", "n4", "n5") and "Price, last" not in request.prompt
+    assert all(f"ACME item {i}" in request.prompt_deep for i in range(6))
+    assert "Price, last 15 minutes" in request.prompt_deep and len(request.prompt_deep) > len(request.prompt)

@@ -35,12 +35,15 @@ def test_two_replays_at_different_speeds_and_partitions_are_byte_identical(tmp_p
                                       redis_url=redis_url, engine="paged", model=model, timeout_s=240,
                                       bundle_ms=bundle_ms))
         assert report["missing"] == 0 and report["partitions"] == partitions
-        assert report["status"] == {"ok": report["forecasts"]}, report["status"]
+        # the base tier skips the model for confident forecasts without new news (inference.tiering); nothing
+        # expires or fails
+        assert set(report["status"]) <= {"ok", "skipped"} and report["status"].get("ok"), report["status"]
         runs[name] = canonical(out)
     slow, fast = runs["slow"], runs["fast"]
     assert len(slow) == len(fast) > 20
     frame = pl.read_parquet(tmp_path / "slow" / "forecasts.parquet")
-    assert frame["llm_p_up"].null_count() == 0 and frame["adapter"].null_count() == 0
+    asked = frame.filter(pl.col("status") == "ok")
+    assert asked["llm_p_up"].null_count() == 0 and frame["adapter"].null_count() == 0
     assert (frame["trigger"] == "news").sum() > 0 and frame["news_ids"].list.len().max() > 0
     differing = [(a, b) for a, b in zip(slow, fast) if a != b]
     assert not differing, f"{len(differing)} forecasts differ, first:\n{differing[0][0]!r}\n{differing[0][1]!r}"

@@ -21,7 +21,7 @@ def test_two_agents_workers_split_partitions_and_match_the_offline_forecasts(tmp
                        redis_url=redis_url, engine="hf", timeout_s=180, agents_workers=2)
     report = run_demo(opts)
     assert report["missing"] == 0 and report["unexpected"] == 0
-    assert report["worker_exit_codes"] == {"agents-0": 0, "agents-1": 0, "inference": 0}
+    assert report["worker_exit_codes"] == {"agents-0": 0, "agents-1": 0, "inference": 0, "inference-deep": 0}
 
     owned = [_last_assignment((tmp_path / "out" / "run" / f"agents-{i}.log").read_text()) for i in range(2)]
     assert all(owned) and set(owned[0]).isdisjoint(owned[1]) and sorted(owned[0] + owned[1]) == [0, 1, 2, 3]

@@ -24,11 +24,12 @@ def examples(tape) -> list[Example]:
     return build_examples(tape, CFG)
 
 
-def test_requests_are_the_processors_own(tape):
+def test_requests_are_the_processors_own_with_the_deep_prompt(tape):
     processor = Processor(CFG, gated=False)
-    expected = [processor.request(f, 0) for f in fired_triggers(tape.events(), CFG)]
+    expected = [processor.request(f, 0) for f in fired_triggers(tape.events(), CFG, processor=processor)]
     assert requests_from_tape(tape, CFG) == expected
     assert {r.trigger for r in expected} == {"cadence", "news"}
+    assert all(r.prompt_deep and "Price, last" in r.prompt_deep and r.prompt_deep != r.prompt for r in expected)
 
 
 def test_labels_are_the_realised_move_after_the_prompt(tape, examples):
