@@ -14,7 +14,7 @@ from inference.engine.cpu import default_dtype, default_quant
 from inference.engine.lora import LoraAdapter, load_peft_adapter
 from inference.engine.model import Transformer
 from inference.engine.model_runner import ModelRunner
-from inference.engine.scheduler import Scheduler, SchedulerOutput
+from inference.engine.scheduler import Scheduler, SchedulerOutput, StepCost
 from inference.engine.sequence import Priority, Request, RequestKind, RequestStatus, SamplingParams
 
 
@@ -46,6 +46,7 @@ class Engine:
         self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()
         self.slots = AdapterSlots(self.config.max_adapter_slots)
         self.step_time_ns_ema = 0
+        self.step_cost = StepCost()      # what expiry predicts a waiting request's compute costs (learnt per step)
         self.step_times_s: deque[float] = deque(maxlen=4096)
         self.ttfts_s: deque[float] = deque(maxlen=4096)
         self.num_steps = 0
@@ -115,7 +116,7 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """One scheduling round and one forward pass; returns requests that finished or expired."""
         started_ns = self.clock_ns()
-        out = self.scheduler.schedule(started_ns, self.step_time_ns_ema)
+        out = self.scheduler.schedule(started_ns, self.step_cost)
         done = list(out.expired)
         if out.chunks:
             plan = self.slots.acquire(out.adapters)
@@ -125,7 +126,7 @@ class Engine:
             results = self.runner.execute(out, tables, plan.slot_of)
             sampled = [c.request for c in out.chunks if c.completes_sequence]
             done += self.scheduler.update(out, results, self.clock_ns())
-            self._record_step(sampled, started_ns)
+            self._record_step(sampled, started_ns, sum(c.num_new_tokens for c in out.chunks))
             self._prefetch(out)
         for request in done:
             self._known_ids.discard(request.request_id)
@@ -143,10 +144,11 @@ class Engine:
         protected = out.adapters | {r.adapter for r in self.scheduler.running if r.adapter is not None}
         self._load(self.slots.prefetch(names, protected))
 
-    def _record_step(self, sampled: list[Request], started_ns: int) -> None:
+    def _record_step(self, sampled: list[Request], started_ns: int, num_tokens: int) -> None:
         ended_ns = self.clock_ns()
         elapsed_ns = ended_ns - started_ns
         self.step_time_ns_ema = elapsed_ns if self.num_steps == 0 else int(0.8 * self.step_time_ns_ema + 0.2 * elapsed_ns)
+        self.step_cost = learn_step_cost(self.step_cost, elapsed_ns, num_tokens)
         self.step_times_s.append(elapsed_ns / 1e9)
         self.num_steps += 1
         for request in sampled:
@@ -179,6 +181,23 @@ class Engine:
             "step_time_s_p50": _quantile(self.step_times_s, 0.5),
             "step_time_s_last": self.step_times_s[-1] if self.step_times_s else 0.0,
         }
+
+
+SMALL_STEP_TOKENS = 8      # a step of at most this many tokens measures the fixed cost of a step
+LARGE_STEP_TOKENS = 64     # a step of at least this many measures the cost per token
+
+
+def learn_step_cost(cost: StepCost, elapsed_ns: int, num_tokens: int, weight: float = 0.2) -> StepCost:
+    """`cost` moved toward one step's measurement: small steps (decodes) teach the fixed part, large ones
+    (prefill) the part per token, net of the fixed part; a first measurement of either is taken as it is."""
+    def ema(old: int, new: float) -> int:
+        return int(new) if old == 0 else int((1 - weight) * old + weight * new)
+
+    if num_tokens <= SMALL_STEP_TOKENS:
+        return StepCost(ema(cost.per_step_ns, elapsed_ns), cost.per_token_ns)
+    if num_tokens >= LARGE_STEP_TOKENS:
+        return StepCost(cost.per_step_ns, ema(cost.per_token_ns, max(elapsed_ns - cost.per_step_ns, 0) / num_tokens))
+    return cost
 
 
 def _quantile(values: Iterable[float], q: float) -> float:

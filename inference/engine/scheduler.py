@@ -28,6 +28,22 @@ from inference.engine.sequence import Priority, Request, RequestKind, RequestSta
 VALUE_BANDS = 4      # values in [0, 1] rank in bands of 1/4: within a band, deadlines decide
 
 
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """What computing costs, as the engine has measured it: a fixed part per step and a part per token.
+
+    A waiting request that cannot finish by its deadline is expired before it runs; the estimate counts the
+    request's own tokens, so that steps of large batches in the past do not make a small request look late
+    (an average step time did, and once every waiting request had expired no step ran to correct it).
+    """
+
+    per_step_ns: int = 0
+    per_token_ns: int = 0
+
+    def of(self, tokens: int, steps: int) -> int:
+        return steps * self.per_step_ns + tokens * self.per_token_ns
+
+
 @dataclass(slots=True)
 class ScheduledChunk:
     """Compute tokens [start, start + num_new_tokens) of `request` this step."""
@@ -120,9 +136,9 @@ class Scheduler:
         band = min(int(request.value * VALUE_BANDS), VALUE_BANDS - 1)
         return (request.priority, 1, -band, deadline, request.arrival_ns)
 
-    def schedule(self, now_ns: int, step_time_ns: int = 0) -> SchedulerOutput:
+    def schedule(self, now_ns: int, cost: StepCost = StepCost()) -> SchedulerOutput:
         out = SchedulerOutput()
-        self._expire(now_ns, step_time_ns, out)
+        self._expire(now_ns, cost, out)
         yielded = self._yield_seats(now_ns, out) + self._yield_blocks(now_ns, out)
         budget = StepBudget(self.config.max_num_batched_tokens, self.config.max_yielding_batched_tokens,
                             forecasts=any(r.priority is Priority.DEADLINE for r in self.running + self.waiting))
@@ -167,9 +183,9 @@ class Scheduler:
         self._preempt(victim, out)
         return True
 
-    def _expire(self, now_ns: int, step_time_ns: int, out: SchedulerOutput) -> None:
+    def _expire(self, now_ns: int, cost: StepCost, out: SchedulerOutput) -> None:
         for request in list(self.waiting):
-            if self._cannot_meet_deadline(request, now_ns, step_time_ns):
+            if self._cannot_meet_deadline(request, now_ns, cost):
                 self.waiting.remove(request)
                 self._finish(request, RequestStatus.EXPIRED, now_ns)
                 out.expired.append(request)
@@ -179,12 +195,12 @@ class Scheduler:
                 self._finish(request, RequestStatus.EXPIRED, now_ns)
                 out.expired.append(request)
 
-    def _cannot_meet_deadline(self, request: Request, now_ns: int, step_time_ns: int) -> bool:
+    def _cannot_meet_deadline(self, request: Request, now_ns: int, cost: StepCost) -> bool:
         if request.deadline_ns is None:
             return False
         remaining = request.num_tokens - request.num_computed_tokens
         min_steps = -(-remaining // self.config.max_num_batched_tokens)
-        return now_ns + min_steps * step_time_ns > request.deadline_ns
+        return now_ns + cost.of(remaining, min_steps) > request.deadline_ns
 
     def _schedule_running(self, now_ns: int, out: SchedulerOutput, budget: StepBudget) -> None:
         scheduled: set[str] = set()

@@ -1,12 +1,13 @@
 import random
 
 from inference.engine.config import EngineConfig
-from inference.engine.scheduler import Scheduler, SchedulerOutput, StepResult
+from inference.engine.scheduler import Scheduler, SchedulerOutput, StepCost, StepResult
 from inference.engine.sequence import Priority, Request, RequestKind, RequestStatus
 
 from .test_block_manager import assert_consistent
 
 S = 1_000_000_000
+MS = 1_000_000
 
 
 def score(rid, n, arrival_ns=0, deadline_ns=None, adapter=None):
@@ -76,7 +77,7 @@ def test_expired_requests_are_answered_not_run():
     sched.add(score("past", 4, deadline_ns=5 * S))
     sched.add(score("too_long", 20, deadline_ns=12 * S))  # needs 3 steps of 1 s
     sched.add(score("fine", 4, deadline_ns=12 * S))
-    out = sched.schedule(now_ns=10 * S, step_time_ns=1 * S)
+    out = sched.schedule(now_ns=10 * S, cost=StepCost(per_step_ns=1 * S))
     assert sorted(r.request_id for r in out.expired) == ["past", "too_long"]
     assert [c.request.request_id for c in out.chunks] == ["fine"]
     assert all(r.status is RequestStatus.EXPIRED for r in out.expired)
@@ -351,3 +352,22 @@ def test_less_urgent_requests_compute_short_steps_that_a_forecast_waits_for_litt
     assert [r.request_id for r in finished] == ["forecast"]
     out, _ = step(sched, now_ns=3)
     assert [(c.request.request_id, c.num_new_tokens) for c in out.chunks] == [("chat", 1), ("warm0", 6), ("warm1", 9)]
+
+
+def test_expiry_counts_the_requests_own_tokens_not_the_size_of_past_steps():
+    """A short request fits its deadline at the measured cost per token, however long the last big steps took."""
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=256, max_num_batched_tokens=2048))
+    sched.add(score("short", 300, deadline_ns=2 * S))        # 10 ms + 300 x 5 ms = 1.51 s: fits
+    sched.add(score("long", 600, deadline_ns=2 * S))         # 3.01 s: cannot
+    out = sched.schedule(0, StepCost(per_step_ns=10 * MS, per_token_ns=5 * MS))
+    assert [r.request_id for r in out.expired] == ["long"]
+    assert [c.request.request_id for c in out.chunks] == ["short"]
+
+
+def test_the_engine_learns_the_fixed_and_the_per_token_cost_of_a_step():
+    from inference.engine.engine import learn_step_cost
+
+    cost = learn_step_cost(StepCost(), 20 * MS, 1)                 # a decode step: the fixed part
+    cost = learn_step_cost(cost, 20 * MS + 2048 * MS, 2048)       # a prefill step: 1 ms a token on top
+    assert cost == StepCost(per_step_ns=20 * MS, per_token_ns=1 * MS)
+    assert learn_step_cost(cost, 5 * S, 30) == cost                # a middling step teaches neither
