@@ -17,7 +17,9 @@ class AgentsConfig:
     long_window_s: int = 300         # ... and over the last five minutes
     news_window_s: int = 1_800       # news older than this (event time) no longer counts
     news_half_life_s: int = 600      # weight of a news item halves every half-life (shown in the prompt)
-    max_news_in_prompt: int = 5
+    max_news_in_prompt: int = 5      # the base tier's (short) prompt
+    deep_max_news: int = 10          # the deep tier's longer prompt: more news ...
+    deep_history_min: int = 15       # ... and the price's last minutes, one return each
     flat_bps: float = 5.0            # |move| below this many basis points counts as flat
     momentum_coef: float = 0.0       # drift forecast = coef * short-window return (0: pure random walk)
     deadline_ms: int = 10_000        # a forecast later than this after its trigger is answered numeric-only
@@ -34,7 +36,7 @@ class AgentsConfig:
     def __post_init__(self) -> None:
         for name in ("cadence_s", "horizon_s", "short_window_s", "long_window_s", "news_window_s",
                      "news_half_life_s", "max_news_in_prompt", "deadline_ms", "allowed_lateness_s",
-                     "max_prompt_chars"):
+                     "max_prompt_chars", "deep_max_news", "deep_history_min"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.short_window_s > self.long_window_s:
@@ -69,7 +71,9 @@ class AgentsConfig:
                                 ("FINLLM_NEWS_IDLE_MS", "news_idle_ms", int),
                                 ("FINLLM_TICK_LATENESS_MS", "tick_lateness_ms", int),
                                 ("FINLLM_WARMUP_LEAD_S", "warmup_lead_s", int),
-                                ("FINLLM_MAX_PROMPT_CHARS", "max_prompt_chars", int)):
+                                ("FINLLM_MAX_PROMPT_CHARS", "max_prompt_chars", int),
+                                ("FINLLM_DEEP_MAX_NEWS", "deep_max_news", int),
+                                ("FINLLM_DEEP_HISTORY_MIN", "deep_history_min", int)):
             if env.get(var):
                 kw[name] = cast(env[var])
         kw["warmup"] = env_flag(env, "FINLLM_WARMUP", True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from agents.config import AgentsConfig, NS_PER_S
 from agents.features import Features, TickWindow
-from agents.prompt import news_block, numeric_tail
+from agents.prompt import history_block, news_block, numeric_tail
 from agents.signal import numeric_probs
 from schemas import InferenceRequest, NewsItem, Probs, Tick, forecast_id
 from schemas.fields import MAX_TS_NS
@@ -160,13 +160,18 @@ class SymbolState:
         step = self.cfg.cadence_ns
         return -(-self.tick_wm_ns // step) * step
 
-    def news_as_of(self, ts_ns: int) -> tuple[NewsItem, ...]:
-        return self._news_as_of(ts_ns)
+    def news_as_of(self, ts_ns: int, limit: int | None = None) -> tuple[NewsItem, ...]:
+        return self._news_as_of(ts_ns, limit)
 
-    def _news_as_of(self, ts_ns: int) -> tuple[NewsItem, ...]:
+    def _news_as_of(self, ts_ns: int, limit: int | None = None) -> tuple[NewsItem, ...]:
         oldest = ts_ns - self.cfg.news_window_s * NS_PER_S
         usable = [n for n in self.news if oldest <= n.ts_ns <= ts_ns]
-        return tuple(usable[-self.cfg.max_news_in_prompt:])
+        return tuple(usable[-(limit or self.cfg.max_news_in_prompt):])
+
+    def minute_returns(self, ts_ns: int, minutes: int) -> list[float | None]:
+        """Log returns over each of the `minutes` minutes before `ts_ns`, oldest first."""
+        ends = [ts_ns - k * 60 * NS_PER_S for k in range(minutes - 1, -1, -1)]
+        return [self.window.log_return(end - 60 * NS_PER_S, end) for end in ends]
 
     def _remember(self, item: NewsItem) -> None:
         self.seen_news[item.id] = None
@@ -314,7 +319,19 @@ class Processor:
             news_ids=tuple(n.id for n in news), adapter=cfg.adapter_for(fired.symbol),
             ingest_wall_ns=fired.ingest_wall_ns, created_wall_ns=created_wall_ns,
             deadline_wall_ns=fired.ingest_wall_ns + cfg.deadline_ms * NS_PER_MS,
-            features=_features(fired, dropped=len(fired.news) - len(news)))
+            features=_features(fired, dropped=len(fired.news) - len(news)),
+            new_news=sum(n.ts_ns > fired.ts_ns - cfg.cadence_ns for n in news), prompt_deep=self.deep_prompt(fired))
+
+    def deep_prompt(self, fired: Fired) -> str | None:
+        """The deep tier's prompt: up to `deep_max_news` news and the last `deep_history_min` minutes of price
+        before the base prompt's market lines (None for a symbol this processor holds no state of)."""
+        state = self.states.get(fired.symbol)
+        if state is None:
+            return None
+        news = state.news_as_of(fired.ts_ns, self.cfg.deep_max_news)
+        history = history_block(state.minute_returns(fired.ts_ns, self.cfg.deep_history_min))
+        return news_block(fired.symbol, news) + history + numeric_tail(
+            fired.ts_ns, fired.features, news, self.cfg.news_half_life_s, self.cfg.horizon_s, fired.ret_since_news)
 
     def _prompt(self, fired: Fired, news: tuple[NewsItem, ...]) -> tuple[tuple[NewsItem, ...], str]:
         """The prompt, and the news in it: over `max_prompt_chars`, the oldest news goes first."""

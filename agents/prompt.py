@@ -76,6 +76,12 @@ def numeric_tail(ts_ns: int, features: Features, news: tuple[NewsItem, ...], hal
             f"Direction over the next {horizon_s}s (up, down or flat):")
 
 
+def history_block(minute_returns: list[float | None]) -> str:
+    """The deep tier's price history: one log return per minute, oldest first, in basis points."""
+    moves = " ".join("n/a" if r is None else f"{r * 1e4:+.1f}" for r in minute_returns)
+    return f"Price, last {len(minute_returns)} minutes (bp per minute, oldest first): {moves}.\n"
+
+
 def build_prompt(symbol: str, ts_ns: int, features: Features, news: tuple[NewsItem, ...],
                  half_life_s: int, horizon_s: int, ret_since_news: float | None = None) -> str:
     return news_block(symbol, news) + numeric_tail(ts_ns, features, news, half_life_s, horizon_s, ret_since_news)

@@ -7,6 +7,11 @@ Last line: one JSON object with the headline figures.
 
     python bench/engine.py --quick        # about a minute on 2 CPU cores
     python bench/engine.py                # alphas 0.1, 0.3, 1 and more requests
+
+`--capacity` instead measures a real model against its peers, all requests queued at t=0
+(bench/capacity.py says what each figure is):
+
+    python bench/engine.py --capacity --model smollm2-135m --quick   # about 6 minutes on 2 CPU cores
 """
 from __future__ import annotations
 
@@ -249,7 +254,21 @@ def main() -> None:
     parser.add_argument("--token-budget", type=int, default=2048)
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=2048)
+    capacity_args = parser.add_argument_group("--capacity: a real model against transformers, PEFT and llama.cpp")
+    capacity_args.add_argument("--capacity", action="store_true")
+    capacity_args.add_argument("--model", default=None, help="a registered model name or folder (default: the product's)")
+    capacity_args.add_argument("--dtype", default=None, help="default: the processor's fast dtype")
+    capacity_args.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    capacity_args.add_argument("--prompt-len", type=int, default=350)
+    capacity_args.add_argument("--decode-tokens", type=int, default=32)
+    capacity_args.add_argument("--hf-batch", type=int, default=8)
+    capacity_args.add_argument("--adapters", type=int, default=100)
+    capacity_args.add_argument("--repeats", type=int, default=None)
+    capacity_args.add_argument("--label-prompts", type=int, default=None)
+    capacity_args.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     args = parser.parse_args()
+    if args.capacity:
+        return main_capacity(args)
     args.requests = args.requests or (48 if args.quick else 96)
     alphas = (1.0,) if args.quick else (0.1, 0.3, 1.0)
     torch.manual_seed(0)
@@ -272,6 +291,22 @@ def main() -> None:
         "speedup_vs_peft_mixed": [round(r["ours"]["rps"] / r["peft_mixed"]["rps"], 3) for r in headline],
         "speedup_vs_peft_switch": [round(r["ours"]["rps"] / r["peft_switch"]["rps"], 3) for r in headline],
     }))
+
+
+def main_capacity(args) -> None:
+    from capacity import capacity                        # bench/ is this script's folder
+
+    from inference.checkpoints import resolve_model_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.requests = args.requests or (12 if args.quick else 24)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.label_prompts = args.label_prompts or (12 if args.quick else 48)
+    out = capacity(str(resolve_model_dir(args.model)), args)
+    for key, value in out.items():
+        print(f"{key:<34} {round(value, 3) if isinstance(value, float) else value}")
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
 
 
 if __name__ == "__main__":

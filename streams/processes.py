@@ -17,9 +17,10 @@ class WorkerFailed(RuntimeError):
 
 class WorkerProcess:
     """`python -m MODULE` in its own process group, with `workdir` as its FINLLM_WORK_DIR, logging to
-    `workdir/NAME.log`; ready once it creates the file named by FINLLM_READY_FILE."""
+    `workdir/NAME.log`; ready once it creates the file named by FINLLM_READY_FILE. `nice` > 0 lowers its CPU
+    priority (a latency-tolerant worker sharing cores with latency-bound ones)."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, name: str, module: str, env: dict[str, str], workdir: Path, nice: int = 0) -> None:
         self.name = name
         workdir = workdir.resolve()
         self.log_path = workdir / f"{name}.log"
@@ -29,7 +30,8 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None)
 
     @property
     def pid(self) -> int:

@@ -47,6 +47,15 @@ class Topics:
         return self._name("inference-requests")
 
     @property
+    def requests_deep(self) -> str:
+        """Internal: requests the base tier escalated to the deep tier (its own workers), keyed as `requests`."""
+        return self._name("inference-requests-deep")
+
+    def requests_of(self, tier: str) -> str:
+        """The requests topic a tier's workers consume: "base" or "deep"."""
+        return self.requests_deep if tier == "deep" else self.requests
+
+    @property
     def audit(self) -> str:
         """The audit hash chain of every forecast's inputs; one partition, so the chain has one order."""
         return self._name("audit")
@@ -54,5 +63,5 @@ class Topics:
     def all(self) -> dict[str, int]:
         """Every topic with its partition count, for pre-creation (Tansu must not auto-create them)."""
         keyed = {t: self.partitions for t in (self.ticks, self.news, self.symbol_news, self.requests,
-                                              self.forecasts)}
+                                              self.requests_deep, self.forecasts)}
         return keyed | {self.deadletter: 1, self.audit: 1}

@@ -53,6 +53,35 @@ def train(tape_dir: Path, out: Path, model: str | None, task: str, rank: int, ep
                             option=orjson.OPT_INDENT_2).decode())
 
 
+@adapters.command()
+@click.option("--tape", "tape_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the base tier's adapter.")
+@model_option("--base")
+@click.option("--teacher", type=click.Path(exists=True, file_okay=False),
+              help="The deep tier's adapter (default: the base model alone); the student starts from it.")
+@click.option("--rank", default=16, show_default=True)
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True)
+@click.option("--test-fraction", default=0.2, show_default=True, help="Last share of the tape held out.")
+@click.option("--max-steps", type=int, help="Stop after this many optimiser steps.")
+@click.option("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine).")
+def distill(tape_dir: Path, out: Path, model: str | None, teacher: str | None, rank: int, epochs: int,
+            learning_rate: float, test_fraction: float, max_steps: int | None, threads: int | None) -> None:
+    """Train the base tier's adapter (short prompt) to match the deep tier's label distribution (KL loss);
+    report agreement and quality against the deep tier on the held-out part, with 95% intervals."""
+    from agents.lab.distill import distill_from_tape
+    from agents.lab.training import TrainingError, set_threads
+    from inference.adapters.train import TrainConfig
+
+    set_threads(threads)
+    tcfg = TrainConfig(rank=rank, alpha=2.0 * rank, epochs=epochs, learning_rate=learning_rate, max_steps=max_steps)
+    try:
+        report = distill_from_tape(tape_dir, out, model, tcfg, teacher=teacher, test_fraction=test_fraction)
+    except TrainingError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(orjson.dumps({"out": str(out)} | report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+
+
 @adapters.command(name="build-defaults")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Default: the model's shipped folder, inference/data/adapters/<model name>.")

@@ -15,11 +15,14 @@ from agents.cli.options import model_option, prefix_option, redis_option
 @click.option("--no-adapters", is_flag=True, help="Leave out the adapters shipped for the model.")
 @click.option("--device", envvar="FINLLM_DEVICE", help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", envvar="FINLLM_ENGINE_DTYPE", help="Engine dtype (default: bfloat16 on CUDA and on CPUs with native bf16, else float32).")
+@click.option("--quant", type=click.Choice(["none", "int8", "auto"]), envvar="FINLLM_ENGINE_QUANT",
+              help="int8: the model's matrices in int8 (CPU); auto: int8 on CPUs without native bf16 (default none).")
 @click.option("--threads", type=int, envvar="FINLLM_TORCH_THREADS", help="torch CPU threads.")
 @redis_option("Redis URL of the stack whose latest forecasts /v1/explain/SYMBOL explains (none: no explain).")
 @prefix_option()
 def serve(host: str, port: int, model: str | None, adapter_specs: tuple[str, ...], no_adapters: bool,
-          device: str | None, dtype: str | None, threads: int | None, redis_url: str | None, prefix: str) -> None:
+          device: str | None, dtype: str | None, quant: str | None, threads: int | None, redis_url: str | None,
+          prefix: str) -> None:
     """Serve /v1/models, /v1/completions and /v1/chat/completions (streaming or not), /v1/explain/SYMBOL
     (with --redis), /health and /metrics. FINLLM_API_KEYS (comma-separated) requires a bearer key;
     FINLLM_HTTP_MAX_* set the limits."""
@@ -37,7 +40,8 @@ def serve(host: str, port: int, model: str | None, adapter_specs: tuple[str, ...
         if not sep or not name or not path:
             raise click.BadParameter(f"{spec!r}: expected NAME=PATH", param_hint="--adapter")
         named[name] = path
-    scorer, adapters = engine_scorer(model, named, no_adapters, device=device, dtype=dtype, threads=threads)
+    scorer, adapters = engine_scorer(model, named, no_adapters, device=device, dtype=dtype, quant=quant,
+                                     threads=threads)
     settings = ApiSettings.from_env(host=host, port=port)
 
     async def run() -> None:
@@ -57,7 +61,7 @@ def serve(host: str, port: int, model: str | None, adapter_specs: tuple[str, ...
 
 
 def engine_scorer(model: str | None, named: dict[str, str], no_adapters: bool = False, *, device: str | None = None,
-                  dtype: str | None = None, threads: int | None = None):
+                  dtype: str | None = None, quant: str | None = None, threads: int | None = None):
     """The paged engine's scorer for `model` with its shipped adapters (unless `no_adapters`) and the `named`
     ones (NAME -> PATH, these win): (scorer, {name: path})."""
     from inference.adapters.shipped import shipped_routing
@@ -68,5 +72,5 @@ def engine_scorer(model: str | None, named: dict[str, str], no_adapters: bool = 
     routing = None if no_adapters else shipped_routing(model_dir)
     adapters = {name: str(path) for name, path in (routing.adapters if routing else {}).items()} | named
     cfg = WorkerConfig(engine="paged", model_dir=model_dir, adapters=tuple(adapters.items()), device=device,
-                       dtype=dtype, torch_threads=threads)
+                       dtype=dtype, quant=quant, torch_threads=threads)
     return configured_scorer(cfg), adapters

@@ -20,6 +20,7 @@ from agents.offline import fired_triggers
 from agents.lab.report import build_report, forecasts_frame
 from inference.adapters.shipped import shipped_routing
 from inference.engine.cpu import describe_processor
+from inference.tiering import tier_env
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
 from streams.consumer import ForecastCollector
@@ -33,6 +34,21 @@ from streams.topics import Topics
 
 READY_TIMEOUT_S = 240.0
 Alongside = Callable[[], Awaitable[None]]   # a load run beside the replay (benchmarks): started, then cancelled
+
+
+DEEP_TIER_NICE = 10     # the deep tier's CPU priority below the base tier's when they share the machine
+
+
+def default_speed() -> float:
+    """The demo's replay speed when none is given: 30x where the engine computes in bf16 natively (AMX/AVX-512
+    bf16 CPUs, CUDA), else 15x. Measured on 2 cores (README "Quick start"): an Intel Xeon with AMX answers all
+    160 sample triggers at 30x; an AMD EPYC (AVX2: float32, the base tier in int8) misses deadlines there."""
+    import torch
+
+    from inference.engine.cpu import default_dtype
+
+    fast = torch.cuda.is_available() or default_dtype("cpu") == "bfloat16"
+    return 30.0 if fast else 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +66,14 @@ class DemoOptions:
     agents_workers: int = 1             # Faust workers in one group: they split the symbols by partition
     bundle_ms: int = 0                  # replay ticks in per-symbol bundles of this event-time span
     adapters: bool = True               # serve the adapters shipped for the model (if any), by sector
+    deep_tier: bool = True              # start the deep tier's worker pool (escalated forecasts)
+
+
+def _resolved_quant(setting: str) -> str:
+    """A tier's quantisation as its engine on this machine's CPU resolves it ("auto" -> "int8" or "none")."""
+    from inference.engine.cpu import default_dtype, default_quant
+
+    return default_quant("cpu", default_dtype("cpu")) if setting == "auto" else setting or "none"
 
 
 @contextlib.contextmanager
@@ -84,6 +108,8 @@ def run_demo(opts: DemoOptions, alongside: Alongside | None = None) -> dict:
     report = build_report(tape, cfg, expected, result) | {
         "processor": describe_processor(), "model_threads": result["model_threads"],
         "dtype": os.environ.get("FINLLM_ENGINE_DTYPE") or "engine default for this processor",
+        "quant": {tier: _resolved_quant(tier_env(tier, dict(os.environ))["FINLLM_ENGINE_QUANT"])
+                  for tier in ("base", "deep")[:2 if opts.deep_tier else 1]},
         "wall_s": round(time.monotonic() - began, 1)}
     forecasts_frame(result["forecasts"], tape).write_parquet(opts.out_dir / "forecasts.parquet")
     return report
@@ -106,7 +132,11 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     started, beside = time.monotonic(), None
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]
-    workers.append(WorkerProcess("inference", "inference.worker", env, workdir))
+    workers.append(WorkerProcess("inference", "inference.worker", tier_env("base", env), workdir))
+    if opts.deep_tier:     # the deep tier's own pool: escalated forecasts, full precision, the longer prompt;
+        # its answers are revisions without a deadline, so on shared cores it runs in the base tier's idle time
+        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", env), workdir,
+                                     nice=DEEP_TIER_NICE))
     try:
         for worker in workers:
             await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT_S)
@@ -117,7 +147,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
         await _inject_bad(kafka, opts.inject_bad)
         beside = asyncio.create_task(alongside()) if alongside else None
         stats = await replay(tape, kafka, speed=opts.speed, bundle_ms=opts.bundle_ms)
-        await _wait_for_forecasts(collector.done, workers, opts.timeout_s)
+        await _wait_for_forecasts(collector, workers, opts.timeout_s)
     finally:
         failed = await _stop(beside)
         exit_codes = {w.name: w.stop() for w in workers}
@@ -126,6 +156,7 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     if failed is not None:
         raise RuntimeError("the load run beside the replay failed") from failed
     return {"forecasts": list(collector.by_id.values()), "wire_forecasts": len(collector.copies),
+            "wire_revisions": len({(f.id, f.revision) for _, f in collector.copies}),
             "deadletters": collector.deadletter_reasons(), "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
             "topic_prefix": kafka.topics.prefix, "model_threads": int(env["FINLLM_TORCH_THREADS"])}
@@ -140,15 +171,18 @@ async def _stop(task: asyncio.Task | None) -> Exception | None:
     return outcome if isinstance(outcome, Exception) else None
 
 
-async def _wait_for_forecasts(done: asyncio.Event, workers: list[WorkerProcess], timeout_s: float) -> None:
-    """Until every expected forecast came or `timeout_s` passed; a worker that exits meanwhile fails the
-    run at once (WorkerFailed with its log tail) instead of leaving it to the timeout."""
+async def _wait_for_forecasts(collector: ForecastCollector, workers: list[WorkerProcess], timeout_s: float) -> None:
+    """Until every expected forecast came, and every escalated one its deep revision, or `timeout_s`
+    passed; a worker that exits meanwhile fails the run at once (WorkerFailed with its log tail) instead
+    of leaving it to the timeout."""
     deadline = time.monotonic() + timeout_s
-    while not done.is_set() and time.monotonic() < deadline:
+    while not (collector.done.is_set() and not collector.awaiting_revision()) and time.monotonic() < deadline:
         for worker in workers:
             worker.check_alive()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(done.wait(), min(0.5, max(deadline - time.monotonic(), 0.01)))
+            await asyncio.wait_for(collector.done.wait(), min(0.5, max(deadline - time.monotonic(), 0.01)))
+        if collector.done.is_set():
+            await asyncio.sleep(0.2)
 
 
 async def _inject_bad(kafka: KafkaSettings, count: int) -> None:

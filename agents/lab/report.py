@@ -30,11 +30,12 @@ def build_report(tape: Tape, cfg: AgentsConfig, expected: set[str], result: dict
         "events": stats.events if stats else 0, "ticks": stats.ticks if stats else 0,
         "news": stats.news if stats else 0, "replay_s": round(stats.duration_s, 3) if stats else None,
         "triggers": len(expected), "forecasts": len(got & expected), "missing": len(expected - got),
-        "unexpected": len(got - expected), "wire_duplicates": result["wire_forecasts"] - len(got),
+        "unexpected": len(got - expected),
+        "wire_duplicates": result["wire_forecasts"] - result.get("wire_revisions", len(got)),
         "deadletters": result["deadletters"], "status": dict(Counter(f.status for f in forecasts)),
         "divergent": sum(f.divergent for f in forecasts), "deep_path": sum(f.deep is not None for f in forecasts),
         "deep_ms": _percentiles([f.latency.deep_ms for f in forecasts if f.deep is not None]),
-        "review": sum(f.review for f in forecasts),
+        "review": sum(f.review for f in forecasts), **tier_counts(forecasts),
         "latency_ms": _percentiles([f.latency.total_ms for f in forecasts]),
         "queue_ms": _percentiles([f.latency.queue_ms for f in forecasts]),
         "inference_ms": _percentiles([f.latency.inference_ms for f in forecasts]),
@@ -43,6 +44,15 @@ def build_report(tape: Tape, cfg: AgentsConfig, expected: set[str], result: dict
         "speed": result["speed"], "horizon_s": cfg.horizon_s, "flat_bps": cfg.flat_bps,
         "worker_exit_codes": result["exit_codes"], "topic_prefix": result["topic_prefix"],
     }
+
+
+def tier_counts(forecasts: list[Forecast]) -> dict[str, Any]:
+    """Of the latest revision of each forecast: how many each tier answered, the share answered deep,
+    how many were escalated and still wait for their deep revision, and how many skipped the language model."""
+    tiers = Counter(f.tier for f in forecasts)
+    return {"tiers": dict(tiers), "deep_share": round(tiers["deep"] / len(forecasts), 4) if forecasts else None,
+            "awaiting_deep": sum(f.escalated for f in forecasts),
+            "skipped_llm": sum(f.status == "skipped" for f in forecasts)}
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -76,7 +86,7 @@ _SCHEMA = {
     "llm_direction": pl.String, "news_ids": pl.List(pl.String), "model": pl.String, "adapter": pl.String,
     "queue_ms": pl.Float64, "inference_ms": pl.Float64, "total_ms": pl.Float64, "published_wall_ns": pl.Int64,
     "divergent": pl.Boolean, "deep_p_up": pl.Float64, "deep_p_down": pl.Float64, "deep_p_flat": pl.Float64,
-    "review": pl.Boolean,
+    "review": pl.Boolean, "tier": pl.String, "revision": pl.Int64, "escalated": pl.Boolean,
 }
 
 
@@ -85,4 +95,5 @@ def _flat(f: Forecast) -> tuple:
     return (f.id, f.symbol, f.ts_ns, f.horizon_s, f.p_up, f.p_down, f.p_flat, f.direction, f.trigger, f.status,
             *f.numeric.as_tuple(), f.numeric.direction, *llm, f.llm.direction if f.llm else None,
             list(f.news_ids), f.model, f.adapter, f.latency.queue_ms, f.latency.inference_ms, f.latency.total_ms,
-            f.published_wall_ns, f.divergent, *(f.deep.as_tuple() if f.deep else (None, None, None)), f.review)
+            f.published_wall_ns, f.divergent, *(f.deep.as_tuple() if f.deep else (None, None, None)), f.review,
+            f.tier, f.revision, f.escalated)

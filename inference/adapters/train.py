@@ -151,6 +151,17 @@ class LabelHeadTrainer:
         """Train on cached last-layer inputs (`cache_inputs`) and their labels."""
         targets = torch.tensor([DIRECTIONS.index(y) for y in labels])          # [N]
         weights = class_weights(labels) if self.cfg.class_weighting else torch.ones(len(DIRECTIONS))
+        return self._train(inputs, lambda logits, batch: torch.nn.functional.cross_entropy(
+            logits, targets[batch], weight=weights), weights)
+
+    def fit_soft(self, inputs: Sequence[torch.Tensor], teacher: torch.Tensor) -> TrainStats:
+        """Distil: match a teacher's label distributions [N, L] on these inputs, KL(teacher || student)."""
+        teacher = teacher.clamp_min(1e-9)                                        # [N, L]
+        return self._train(inputs, lambda logits, batch: torch.nn.functional.kl_div(
+            logits.log_softmax(-1), teacher[batch], reduction="batchmean"), torch.ones(len(DIRECTIONS)))
+
+    def _train(self, inputs: Sequence[torch.Tensor], loss_of, weights: torch.Tensor) -> TrainStats:
+        """AdamW with a linear decay over the LoRA parameters; `loss_of(logits [B, L], batch rows [B])`."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimiser = torch.optim.AdamW(params, lr=self.cfg.learning_rate, weight_decay=0.0)
         schedule = self._steps(len(inputs))
@@ -158,8 +169,7 @@ class LabelHeadTrainer:
         started, losses = time.perf_counter(), []
         self.model.train()
         for batch in self._batches(len(inputs), schedule):
-            loss = torch.nn.functional.cross_entropy(self.label_logits([inputs[i] for i in batch]),
-                                                     targets[batch], weight=weights)
+            loss = loss_of(self.label_logits([inputs[i] for i in batch]), batch)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+QUANT_MODES = ("none", "int8", "auto")   # "int8": inference.kernels.int8 (this module stays torch-free)
+
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")   # names of torch dtypes (the engine takes torch.<name>)
 AUTO_DTYPE = "auto"                                     # the processor's choice, resolved by the Engine
@@ -37,6 +39,9 @@ class EngineConfig:
     # a request's logits bit-identical whatever it is batched with (inference.kernels.invariant); None: on
     # wherever the torch (CPU) path runs, off on the Triton path, which has no such mode (True there: an error)
     batch_invariant: bool | None = None
+    # "int8": the layers' matrices in int8 through fbgemm, CPU only (inference.kernels.int8); "none": in `dtype`;
+    # "auto": int8 on a CPU whose fast dtype is float32 (no native bf16), else none (inference.engine.cpu)
+    quant: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("block_size", "num_blocks", "max_num_batched_tokens", "max_yielding_batched_tokens",
@@ -47,6 +52,8 @@ class EngineConfig:
             raise ValueError("EngineConfig.starvation_timeout_s must be > 0")
         if any(n < 1 for n in self.cuda_graph_sizes):
             raise ValueError(f"EngineConfig.cuda_graph_sizes must be >= 1, got {self.cuda_graph_sizes}")
+        if self.quant not in QUANT_MODES:
+            raise ValueError(f"EngineConfig.quant must be one of {QUANT_MODES}, got {self.quant!r}")
         if self.dtype not in DTYPES + (AUTO_DTYPE,):
             raise ValueError(f"EngineConfig.dtype must be one of {DTYPES + (AUTO_DTYPE,)}, got {self.dtype}")
 

@@ -45,6 +45,15 @@ def default_dtype(device: str | torch.device) -> str:
     return "bfloat16" if native_bf16(cpu_flags(), torch.backends.cpu.get_cpu_capability()) else "float32"
 
 
+def default_quant(device: str | torch.device, dtype: str) -> str:
+    """What `quant="auto"` means on `device` computing in `dtype`: int8 on a CPU computing in float32 (fbgemm's
+    int8 products run about twice float32's there), else none (native bf16, e.g. AMX, outruns fbgemm's int8)."""
+    from inference.kernels.int8 import INT8_QUANT, int8_supported
+
+    cpu_float32 = torch.device(device).type == "cpu" and dtype == "float32"
+    return INT8_QUANT if cpu_float32 and int8_supported() else "none"
+
+
 def describe_processor() -> str:
     """One line for benchmark output: model name, torch's capability, bf16 flags present."""
     present = sorted(cpu_flags() & set(BF16_FLAGS)) or ["no bf16 flags"]

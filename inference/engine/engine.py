@@ -10,7 +10,7 @@ import torch
 
 from inference.engine.adapters import AdapterRegistry, AdapterSlots
 from inference.engine.config import AUTO_DTYPE, EngineConfig
-from inference.engine.cpu import default_dtype
+from inference.engine.cpu import default_dtype, default_quant
 from inference.engine.lora import LoraAdapter, load_peft_adapter
 from inference.engine.model import Transformer
 from inference.engine.model_runner import ModelRunner
@@ -39,7 +39,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.clock_ns = clock_ns
         dtype = default_dtype(device) if self.config.dtype == AUTO_DTYPE else self.config.dtype
-        self.model = Transformer.from_dir(model_dir, getattr(torch, dtype), torch.device(device))
+        quant = default_quant(device, dtype) if self.config.quant == "auto" else self.config.quant
+        self.model = Transformer.from_dir(model_dir, getattr(torch, dtype), torch.device(device), quant)
         self.runner = ModelRunner(self.model, self.config)
         self.scheduler = Scheduler(self.config)
         self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()
@@ -71,12 +72,13 @@ class Engine:
                     adapter: str | None = None, deadline_ns: int | None = None,
                     label_token_ids: Iterable[int] = (), max_new_tokens: int = 0,
                     stop_token_ids: Iterable[int] = (), sampling: SamplingParams | None = None,
-                    priority: Priority = Priority.DEADLINE) -> Request:
-        """Queue a request; the returned state is the engine's (read it between steps, never change it)."""
+                    priority: Priority = Priority.DEADLINE, value: float = 0.0) -> Request:
+        """Queue a request; the returned state is the engine's (read it between steps, never change it).
+        `value`: within its class, higher first (the scheduler's value bands)."""
         request = Request(request_id, list(prompt_token_ids), kind, self.clock_ns(), adapter=adapter,
                           deadline_ns=deadline_ns, label_token_ids=tuple(label_token_ids),
                           max_new_tokens=max_new_tokens, stop_token_ids=frozenset(stop_token_ids),
-                          priority=priority)
+                          priority=priority, value=value)
         if sampling is not None:
             request.sampling = sampling.seeded()
         if adapter is not None:

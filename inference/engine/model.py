@@ -12,7 +12,7 @@ so a request's rows come out bit-identical whatever shares its step.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,10 @@ from safetensors.torch import load_file
 from inference.engine.lora import LoraBatch
 from inference.kernels import invariant as tiled
 from inference.kernels import paged_attention
+from inference.engine.config import QUANT_MODES
+from inference.kernels.int8 import INT8_QUANT, Int8Weight
+
+Weight = torch.Tensor | Int8Weight
 
 SUPPORTED = ("qwen2", "llama")
 
@@ -85,8 +89,10 @@ class AttentionMetadata:
     # batch-invariant step: per request, whether its attention runs on fixed shapes (None: the mode is off)
     invariant: list[bool] | None = None
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """`F.linear`, over fixed row tiles in a batch-invariant step."""
+    def linear(self, x: torch.Tensor, weight: Weight, bias: torch.Tensor | None) -> torch.Tensor:
+        """`F.linear`, over fixed row tiles in a batch-invariant step; int8 weights are row-invariant as they are."""
+        if isinstance(weight, Int8Weight):
+            return weight.linear(x, bias)
         return F.linear(x, weight, bias) if self.invariant is None else tiled.linear(x, weight, bias)
 
 
@@ -115,15 +121,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 @dataclass(frozen=True, slots=True)
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: torch.Tensor               # [q + 2 kv, H]  (q_proj, k_proj, v_proj fused)
+    qkv: Weight                     # [q + 2 kv, H]  (q_proj, k_proj, v_proj fused)
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor                 # [H, q]
+    o: Weight                       # [H, q]
     o_bias: torch.Tensor | None
     post_norm: torch.Tensor
-    gate_up: torch.Tensor           # [2 I, H]
+    gate_up: Weight                 # [2 I, H]
     gate_up_bias: torch.Tensor | None
-    down: torch.Tensor              # [H, I]
+    down: Weight                    # [H, I]
     down_bias: torch.Tensor | None
+
+    def quantized(self) -> "LayerWeights":
+        """The four matrices as int8 (`inference.kernels.int8`); norms and biases stay as they are."""
+        return replace(self, **{name: Int8Weight.quantize(getattr(self, name)) for name in ("qkv", "o", "gate_up", "down")})
 
 
 def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -137,21 +147,33 @@ def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 class Transformer:
-    """Weights plus the forward pass; holds no per-request state."""
+    """Weights plus the forward pass; holds no per-request state.
+
+    `quant="int8"`: the layers' matrices and the full vocabulary head (`logits`, used by generation) are int8
+    (CPU only); embeddings, norms, LoRA and the label rows of the head (`label_logits`) keep `dtype`.
+    """
 
     def __init__(self, config: ModelConfig, state: dict[str, torch.Tensor],
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, quant: str = "none") -> None:
+        if quant not in QUANT_MODES or quant == "auto":
+            raise ValueError(f"quant must be one of {QUANT_MODES[:2]}, got {quant!r}")
         self.config = config
+        self.quant = quant
         get = lambda name: state[name].to(device=device, dtype=dtype)  # noqa: E731
         maybe = lambda name: get(name) if name in state else None      # noqa: E731
         self.embed = get("model.embed_tokens.weight")                     # [V, H]
         self.final_norm = get("model.norm.weight")
         self.lm_head = self.embed if config.tie_word_embeddings else get("lm_head.weight")
         self.layers = [self._layer(f"model.layers.{i}.", get, maybe) for i in range(config.num_layers)]
+        self.head: Weight = self.lm_head
+        if quant == INT8_QUANT:
+            self.layers = [layer.quantized() for layer in self.layers]
+            self.head = Int8Weight.quantize(self.lm_head)
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, dtype: torch.dtype, device: torch.device) -> "Transformer":
-        return cls(ModelConfig.from_dir(model_dir), load_state_dict(model_dir), dtype, device)
+    def from_dir(cls, model_dir: str | Path, dtype: torch.dtype, device: torch.device,
+                 quant: str = "none") -> "Transformer":
+        return cls(ModelConfig.from_dir(model_dir), load_state_dict(model_dir), dtype, device, quant)
 
     @staticmethod
     def _layer(prefix: str, get, maybe) -> LayerWeights:
@@ -233,4 +255,6 @@ class Transformer:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, H] -> [N, V]."""
+        if isinstance(self.head, Int8Weight):
+            return self.head.linear(hidden)
         return hidden @ self.lm_head.t()

@@ -10,8 +10,10 @@ warm-ups), and a batch full of a less urgent class gives up seats, and the KV bl
 urgent waiting request needs, to it; a step computes few tokens of less urgent requests (a forecast
 that arrives waits for the step), and while forecasts are in the engine the others only decode
 (`StepBudget`).
-Within a class, waiting requests are admitted earliest-deadline-first, except that one
-waiting longer than `starvation_timeout_s` goes ahead of all deadlines of its class. A
+Within a class, waiting requests are admitted by value (`Request.value`, in [0, 1]: what a forecast's
+language-model answer is worth, in VALUE_BANDS bands, so that near values do not override deadlines),
+higher first, then earliest-deadline-first; under load the least valuable requests are the ones that
+wait and expire. One waiting longer than `starvation_timeout_s` goes ahead of all others of its class. A
 request whose deadline can no longer be met is answered as expired.
 """
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from inference.engine.block_manager import BlockManager, CachedPrefix
 from inference.engine.config import EngineConfig
 from inference.engine.sequence import Priority, Request, RequestKind, RequestStatus, TokenLogprobs
+
+VALUE_BANDS = 4      # values in [0, 1] rank in bands of 1/4: within a band, deadlines decide
 
 
 @dataclass(slots=True)
@@ -107,12 +111,14 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def priority(self, request: Request, now_ns: int) -> tuple:
-        """Smaller is more urgent: by class, then starved requests by arrival, then by deadline."""
+        """Smaller is more urgent: by class, then starved requests by arrival, then by value band (higher
+        first), then by deadline."""
         waited_s = (now_ns - request.arrival_ns) / 1e9
         if waited_s > self.config.starvation_timeout_s:
             return (request.priority, 0, request.arrival_ns, 0)
         deadline = math.inf if request.deadline_ns is None else request.deadline_ns
-        return (request.priority, 1, deadline, request.arrival_ns)
+        band = min(int(request.value * VALUE_BANDS), VALUE_BANDS - 1)
+        return (request.priority, 1, -band, deadline, request.arrival_ns)
 
     def schedule(self, now_ns: int, step_time_ns: int = 0) -> SchedulerOutput:
         out = SchedulerOutput()

@@ -83,6 +83,7 @@ class Request:
     stop_token_ids: frozenset[int] = frozenset()
     sampling: SamplingParams = GREEDY
     priority: Priority = Priority.DEADLINE
+    value: float = 0.0                  # within a class, higher value first (a forecast's: inference.tiering)
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)   # one per output token when asked

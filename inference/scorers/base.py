@@ -16,13 +16,15 @@ from schemas import DIRECTIONS
 class ScoreItem:
     """One prompt to score; `deadline_ns` is wall-clock (time.time_ns()) or None for no deadline;
     `background`: a warm-up, scheduled after forecasts and interactive requests (engines that schedule), whose
-    `prompt` is the known head of a coming prompt (prefilled as that prompt will start, for the prefix cache)."""
+    `prompt` is the known head of a coming prompt (prefilled as that prompt will start, for the prefix cache);
+    `value`: what the answer is worth (inference.tiering), higher served first under load (engines that schedule)."""
 
     request_id: str
     prompt: str
     adapter: str | None = None
     deadline_ns: int | None = None
     background: bool = False
+    value: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,8 @@ class EngineScorer:
             self.engine.add_request(rid, self.encode(item.prompt, head=item.background), RequestKind.SCORE,
                                     adapter=item.adapter, deadline_ns=item.deadline_ns,
                                     label_token_ids=self.label_token_ids,
-                                    priority=Priority.BACKGROUND if item.background else Priority.DEADLINE)
+                                    priority=Priority.BACKGROUND if item.background else Priority.DEADLINE,
+                                    value=item.value)
         except ValueError as error:
             self.num_rejected += 1
             log.warning("request %s not scored: %s", item.request_id, error)

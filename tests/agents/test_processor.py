@@ -217,3 +217,19 @@ def test_oversized_prompts_drop_their_oldest_news_and_say_so():
     roomy.on_tick(trade(1, 100.0), 0)
     roomy.on_news(news("n9", 2), "ACME", 0)
     assert "news_dropped" not in roomy.request(roomy.on_tick(trade(30, 100.0), 0)[-1], 0).features
+
+
+def test_requests_count_the_news_new_since_the_previous_cadence_and_carry_a_longer_deep_prompt():
+    cfg = AgentsConfig(cadence_s=60, max_news_in_prompt=2, deep_max_news=4, deep_history_min=3)
+    p = Processor(cfg, gated=False)
+    p.on_tick(trade(0, 100.0), 0)
+    for i, at in enumerate((10, 20, 30, 130)):
+        p.on_news(news(f"n{i}", at, headline=f"ACME item {i}"), "ACME", 0)
+    fired = {f.ts_ns: f for second in range(5, 250, 5) for f in p.on_tick(trade(second, 100 + second / 100), 0)
+             if f.trigger == "cadence"}
+    at_120, at_180 = (p.request(fired[T0 + s * S], 0) for s in (120, 180))
+    assert at_120.news_ids == ("n1", "n2") and at_120.new_news == 0   # both from before T-60 s
+    assert at_180.news_ids == ("n2", "n3") and at_180.new_news == 1   # n3 came at T0+130 s
+    deep = at_180.prompt_deep
+    assert all(f"ACME item {i}" in deep for i in range(4)) and "ACME item 0" not in at_180.prompt
+    assert "Price, last 3 minutes (bp per minute, oldest first): +5" in deep and deep.endswith(at_180.prompt.split("\n")[-1])

@@ -4,7 +4,8 @@ bit-identical whatever it is batched with.
 The property: the target request's logits computed alone (no prefix cache, whole prompt in one step) equal
 its logits computed among 1 to 63 random others (score and generate requests, LoRA adapters mixed, some
 sharing its prefix), with the prompt prefilled in chunks of a small token budget, and after a prefix-cache
-hit. Checked in float32 and bfloat16 on the tiny test model, and on the real model when its folder exists.
+hit. Checked in float32, bfloat16 and int8 (`quant="int8"`, invariant by construction: see
+inference/kernels/int8.py) on the tiny test model, and on the real model when its folder exists.
 """
 from __future__ import annotations
 
@@ -32,18 +33,19 @@ def checkpoint(tmp_path_factory) -> dict:
 
 
 class Engines:
-    """One engine per (dtype, budget, prefix caching), reused across examples (each drains its requests)."""
+    """One engine per (dtype, quant, budget, prefix caching), reused across examples (each drains its requests)."""
 
     def __init__(self, checkpoint: dict) -> None:
         self.checkpoint = checkpoint
         self.engines: dict[tuple, Engine] = {}
         self.ids = iter(range(10 ** 9))
 
-    def get(self, dtype: str, budget: int, caching: bool) -> Engine:
-        key = (dtype, budget, caching)
+    def get(self, dtype: str, quant: str, budget: int, caching: bool) -> Engine:
+        key = (dtype, quant, budget, caching)
         if key not in self.engines:
             config = EngineConfig(dtype=dtype, block_size=16, num_blocks=1200, max_num_batched_tokens=budget,
-                                  max_num_seqs=64, max_adapter_slots=4, enable_prefix_caching=caching)
+                                  max_num_seqs=64, max_adapter_slots=4, enable_prefix_caching=caching,
+                                  quant=quant)
             engine = Engine(self.checkpoint["model_dir"], config)
             for name, path in self.checkpoint["adapters"].items():
                 engine.register_adapter(name, path)
@@ -96,20 +98,20 @@ def compositions(draw):
     return target, others, draw(st.sampled_from(BUDGETS)), draw(st.booleans())
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype, quant", [("float32", "none"), ("bfloat16", "none"), ("float32", "int8")])
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=compositions())
-def test_label_logits_do_not_depend_on_the_batch(engines, dtype, case):
+def test_label_logits_do_not_depend_on_the_batch(engines, dtype, quant, case):
     target, others, budget, warm = case
-    alone, _ = engines.score(engines.get(dtype, 4096, caching=False), target)
-    engine = engines.get(dtype, budget, caching=True)
+    alone, _ = engines.score(engines.get(dtype, quant, 4096, caching=False), target)
+    engine = engines.get(dtype, quant, budget, caching=True)
     if warm:   # the target's prompt (or a longer one with its prefix) was seen: its blocks are cached
         engines.score(engine, (target[0] + [1, 2, 3], target[1]))
     batched, cached = engines.score(engine, target, others)
     assert batched == alone
     if warm and len(target[0]) > 16:
         assert cached > 0
-    chunked, _ = engines.score(engines.get(dtype, 16, caching=False), target)
+    chunked, _ = engines.score(engines.get(dtype, quant, 16, caching=False), target)
     assert chunked == alone
 
 

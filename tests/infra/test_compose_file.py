@@ -163,3 +163,12 @@ def test_prometheus_scrapes_every_worker_on_its_metrics_port(services, ours) -> 
         assert scraped[name] == int(ours[name]["environment"][METRICS_VAR]), name
     mount = services["prometheus"]["volumes"][0].split(":")
     assert (ROOT / mount[0]).samefile(ROOT / "infra" / "prometheus" / "prometheus.yml")
+
+
+def test_the_deep_tier_is_its_own_pool_at_full_precision(services) -> None:
+    for base, deep in (("inference", "inference-deep"), ("inference-cpu", "inference-deep-cpu")):
+        base_env, deep_env = services[base]["environment"], services[deep]["environment"]
+        assert (base_env["FINLLM_TIER"], deep_env["FINLLM_TIER"]) == ("base", "deep")
+        assert base_env["FINLLM_ENGINE_QUANT"] == "auto" and deep_env["FINLLM_ENGINE_QUANT"] == ""
+        assert services[deep]["command"] == services[base]["command"] and not services[deep].get("ports")
+    assert services["inference-deep-cpu"]["profiles"] == ["cpu"]

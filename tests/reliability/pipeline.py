@@ -55,19 +55,22 @@ def expected_forecasts(tape: Tape, cfg: AgentsConfig) -> dict[str, tuple]:
     from inference.scorers.hf import HFScorer
     from inference.checkpoints import resolve_model_dir
     from inference.scorers.base import ScoreItem
+    from inference.tiering import TierPolicy
     from inference.worker import make_forecast
 
     processor = Processor(cfg)           # builds the requests (its per-symbol prompt cache starts empty)
     fired = list(fired_triggers(tape.events(), cfg))
     for symbol in {f.symbol for f in fired}:
         processor.state(symbol, 0)
-    requests = [processor.request(f, 0) for f in fired]
+    requests, skipped = TierPolicy().plan([processor.request(f, 0) for f in fired])   # as the base tier does
     scorer = HFScorer(str(resolve_model_dir(os.environ.get("FINLLM_MODEL"))))
     try:
         results = scorer.score([ScoreItem(r.id, r.prompt, r.adapter, None) for r in requests])
         policy = FusionPolicy.from_env()
-        return {r.id: projection(make_forecast(r, res, model=scorer.model_name, policy=policy, picked_wall_ns=0,
-                                               inference_ms=0.0)) for r, res in zip(requests, results)}
+        return {r.id: projection(make_forecast(r, None if r.id in skipped else res, model=scorer.model_name,
+                                               policy=policy, picked_wall_ns=0, inference_ms=0.0,
+                                               skipped=r.id in skipped))
+                for r, res in zip(requests, results)}
     finally:
         scorer.close()
 

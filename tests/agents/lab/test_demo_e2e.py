@@ -39,7 +39,18 @@ def test_every_trigger_gets_exactly_one_forecast(demo_run):
     assert frame["id"].n_unique() == frame.height == len(expected)
     assert set(frame["id"]) == expected
     assert set(frame["trigger"]) == {"cadence", "news"}
-    assert report["worker_exit_codes"] == {"agents": 0, "inference": 0}
+    assert report["worker_exit_codes"] == {"agents": 0, "inference": 0, "inference-deep": 0}
+
+
+def test_both_tier_pools_answer_and_the_report_keeps_each_latest_revision(demo_run):
+    _, out, report = demo_run
+    frame = pl.read_parquet(out / "forecasts.parquet")
+    assert sum(report["tiers"].values()) == frame.height and report["awaiting_deep"] == 0
+    assert report["tiers"].get("deep", 0) > 0, "some forecasts must have been escalated and answered deep"
+    deep = frame.filter(pl.col("tier") == "deep")
+    assert deep["revision"].to_list() == [1] * deep.height and not frame["escalated"].any()
+    assert report["deep_share"] == round(deep.height / frame.height, 4)
+    assert report["skipped_llm"] == frame.filter(pl.col("status") == "skipped").height
 
 
 def test_no_forecast_uses_news_from_its_future(demo_run):

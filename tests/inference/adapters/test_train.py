@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -113,3 +114,15 @@ def test_bad_inputs_are_refused(tiny_model_dir, tmp_path):
         train_adapter(tiny_model_dir, ["a"], ["sideways"], tmp_path / "x")
     with pytest.raises(ValueError):
         TrainConfig(rank=0)
+
+
+def test_fit_soft_moves_the_student_toward_the_teacher(tiny_model_dir):
+    trainer = LabelHeadTrainer(tiny_model_dir, TrainConfig(rank=4, alpha=8.0, epochs=30, batch_size=4,
+                                                           learning_rate=5e-3))
+    inputs = trainer.cache_inputs([f"ACME news item {i} (up, down or flat):" for i in range(8)])
+    teacher = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]] * 4)
+    before = np.asarray(trainer.predict(inputs))
+    stats = trainer.fit_soft(inputs, teacher)
+    after = np.asarray(trainer.predict(inputs))
+    gap = lambda probs: float(np.abs(probs - teacher.numpy()).sum(1).mean())
+    assert gap(after) < gap(before) / 2 and stats.last_loss < stats.first_loss

@@ -79,3 +79,31 @@ def test_chats_holding_the_kv_blocks_give_them_up_to_a_forecast_at_once(tiny_qwe
     they keep them until one of them needs a new block and the least urgent is preempted."""
     assert steps_to_forecast_when_chats_hold_the_cache(tiny_qwen2["model_dir"], Priority.INTERACTIVE) == 1
     assert steps_to_forecast_when_chats_hold_the_cache(tiny_qwen2["model_dir"], Priority.DEADLINE) > 1
+
+
+def statuses_under_overload(model_dir, with_values: bool) -> dict[str, RequestStatus]:
+    """Twelve forecasts at once, half of them worth much more, with deadlines 7 to 9 steps away; the engine
+    serves one request per step (max_num_seqs=1): about 9 can be answered."""
+    clock = StepClock()
+    engine = Engine(model_dir, EngineConfig(block_size=4, num_blocks=256, max_num_seqs=1, max_num_batched_tokens=64),
+                    ENGINE_DEVICE, clock_ns=clock)
+    for i in range(12):
+        value = 0.9 if i % 2 else 0.1
+        engine.add_request(f"{value}-{i}", [5, 9, 13, 2, 7, i + 20], RequestKind.SCORE, label_token_ids=(1, 2, 3),
+                           deadline_ns=clock.now + (7 + i % 3) * STEP_NS, value=value if with_values else 0.0)
+    statuses = {}
+    while engine.has_unfinished():
+        clock.now += STEP_NS
+        statuses |= {o.request_id: o.status for o in engine.step()}
+    return statuses
+
+
+@pytest.mark.parametrize("with_values", [True, False])
+def test_under_overload_the_valuable_forecasts_are_answered_and_the_others_expire(tiny_qwen2, with_values):
+    statuses = statuses_under_overload(tiny_qwen2["model_dir"], with_values)
+    expired = sorted(rid for rid, status in statuses.items() if status is RequestStatus.EXPIRED)
+    assert len(statuses) == 12 and len(expired) == 3
+    if with_values:
+        assert all(rid.startswith("0.1") for rid in expired)
+    else:                                     # earliest deadline first, blind to value: valuable ones expire
+        assert any(rid.startswith("0.9") for rid in expired)

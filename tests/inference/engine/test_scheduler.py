@@ -2,7 +2,7 @@ import random
 
 from inference.engine.config import EngineConfig
 from inference.engine.scheduler import Scheduler, SchedulerOutput, StepResult
-from inference.engine.sequence import Request, RequestKind, RequestStatus
+from inference.engine.sequence import Priority, Request, RequestKind, RequestStatus
 
 from .test_block_manager import assert_consistent
 
@@ -280,6 +280,30 @@ def test_a_forecast_queued_behind_many_http_requests_is_scheduled_first():
         order += [r.request_id for r in step(sched, now_ns=3)[1]]
     assert order[-1] == "warm"                               # warm-ups after every chat
     assert sched.block_manager.pool.num_free == 256
+
+
+def valued(rid, value, deadline_s, arrival_ns=0):
+    request = score(rid, 4, arrival_ns=arrival_ns, deadline_ns=deadline_s * S)
+    request.value = value
+    return request
+
+
+def test_higher_value_first_within_a_class_and_deadlines_within_a_value_band():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=16, max_num_seqs=1, starvation_timeout_s=60))
+    for request in (valued("low-soon", 0.1, 20), valued("high-late", 0.9, 90), valued("high-soon", 0.8, 80),
+                    valued("mid", 0.5, 30)):
+        sched.add(request)
+    order = [step(sched, now_ns=1 * S)[1][0].request_id for _ in range(4)]
+    assert order == ["high-soon", "high-late", "mid", "low-soon"]   # 0.8 and 0.9 share the top band
+
+
+def test_value_never_outranks_a_more_urgent_class():
+    sched = Scheduler(EngineConfig(block_size=4, num_blocks=16, max_num_seqs=1))
+    warm = valued("warm-up", 1.0, 50)
+    warm.priority = Priority.BACKGROUND
+    sched.add(warm)
+    sched.add(valued("forecast", 0.0, 90))
+    assert step(sched, now_ns=1 * S)[1][0].request_id == "forecast"
 
 
 def test_a_forecasts_step_carries_no_prefill_of_chats_or_warmups():
