@@ -1,6 +1,7 @@
 """What a trigger's prefill costs in the engine after its warm-up cached the head: one score request of
-`head + new` tokens whose head is cached, timed alone, for several `new`, with the batch-invariant mode on
-and off (what predictive buffering can save on this processor).
+`head + new` tokens whose head is cached, timed alone, for several `new`, in float32 with the batch-invariant
+mode on and off and in int8 (the base tier's default on CPUs without native bf16): what predictive buffering
+can save on this processor.
 
     python bench/trigger_prefill.py [--model NAME] [--threads 1] [--repeats 5]
 
@@ -30,6 +31,8 @@ from inference.engine.sequence import RequestKind  # noqa: E402
 CASES = (("unbuffered", 0, 237), ("head in full blocks", 158, 79), ("whole head", 169, 68),
          ("market line last", 188, 49), ("a few tokens", 229, 8))
 
+MODES = {"invariant": {"batch_invariant": True}, "variant": {"batch_invariant": False}, "int8": {"quant": "int8"}}
+
 
 def time_trigger(engine: Engine, rng: random.Random, cached: int, new: int) -> float:
     """Milliseconds to score `cached + new` tokens once the first `cached` are in the prefix cache."""
@@ -52,15 +55,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_dir, rng, figures = str(resolve_model_dir(args.model)), random.Random(0), {}
-    for invariant in (True, False):
-        engine = Engine(model_dir, EngineConfig(dtype="float32", cuda_graph_sizes=(), batch_invariant=invariant))
+    for mode, settings in MODES.items():
+        engine = Engine(model_dir, EngineConfig(dtype="float32", cuda_graph_sizes=(), **settings))
         time_trigger(engine, rng, 100, 10)                      # untimed: warms the engine up
         for label, cached, new in CASES:
             times = [time_trigger(engine, rng, cached, new) for _ in range(args.repeats)]
-            key = f"{'invariant' if invariant else 'variant'}_{new}_new_ms"
+            key = f"{mode}_{new}_new_ms"
             figures[key] = round(statistics.median(times), 1)
-            print(f"batch_invariant={invariant!s:<5} {label:<20} {new:>3} new tokens: median {figures[key]} ms, "
-                  f"best {min(times):.1f} ms", flush=True)
+            print(f"{mode:<9} {label:<20} {new:>3} new tokens: median {figures[key]} ms, best {min(times):.1f} ms",
+                  flush=True)
     print(json.dumps(figures | {"model": args.model, "processor": describe_processor()}))
 
 
