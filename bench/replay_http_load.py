@@ -42,10 +42,9 @@ from inference.worker import HTTP_PORT_ENV  # noqa: E402
 from streams.ports import free_port  # noqa: E402
 from streams.synth import write_synth_tape  # noqa: E402
 
-# The speeds at which the replay alone let no forecast expire on a 2-core AMD EPYC (AVX2, float32, batch-invariant,
-# shared with other jobs: bench/RESULTS.md "Forecasts under an HTTP flood"): the real model cannot keep up
-# with faster replays there (each forecast's step computes a 256-row tile, about 1 s), so --quick serves the
-# tiny test model
+# The real model's speed: on a 2-core AMD EPYC (AVX2, no bf16; shared with other jobs) the replay alone let
+# forecasts expire at 2x and faster (bench/RESULTS.md "Forecasts during a replay under an HTTP flood"), so the
+# default is 1x and --quick serves the tiny test model at 20x
 SPEED_REAL, SPEED_QUICK = 1.0, 20.0
 
 
