@@ -21,6 +21,7 @@ from agents.lab.report import build_report, forecasts_frame
 from inference.adapters.shipped import shipped_routing
 from inference.engine.cpu import describe_processor
 from inference.tiering import tier_env
+from inference.worker import HTTP_PORT_ENV
 from streams.admin import ensure_topics
 from streams.chaos import malformed_records
 from streams.consumer import ForecastCollector
@@ -135,7 +136,8 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     workers.append(WorkerProcess("inference", "inference.worker", tier_env("base", env), workdir))
     if opts.deep_tier:     # the deep tier's own pool: escalated forecasts, full precision, the longer prompt;
         # its answers are revisions without a deadline, so on shared cores it runs in the base tier's idle time
-        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", env), workdir,
+        deep_env = {k: v for k, v in env.items() if k != HTTP_PORT_ENV}    # the HTTP API is the base tier's
+        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", deep_env), workdir,
                                      nice=DEEP_TIER_NICE))
     try:
         for worker in workers:

@@ -122,17 +122,23 @@ def test_inference_worker_prefills_queued_warmups_and_drops_superseded_ones(chat
     fire(p, trade(1), trade(52))
     warm = p.due_warmup("ACME", time.time_ns())
     request = p.request(next(f for f in fire(p, trade(55), trade(61)) if f.trigger == "cadence"), time.time_ns())
-    scorer = EngineScorer(str(resolve_model_dir("tiny")))
-    if chat:   # the real model's layout: a system turn, the prompt as the user turn, an answer prefix
-        scorer.prompt_format = PromptFormat(scorer.tokenizer, PromptSettings(chat=True, system="Be brief.",
-                                                                             answer_prefix="Direction:"))
+    def make_scorer() -> EngineScorer:
+        scorer = EngineScorer(str(resolve_model_dir("tiny")))
+        if chat:   # the real model's layout: a system turn, the prompt as the user turn, an answer prefix
+            scorer.prompt_format = PromptFormat(scorer.tokenizer, PromptSettings(chat=True, system="Be brief.",
+                                                                                 answer_prefix="Direction:"))
+        return scorer
+
+    scorer = make_scorer()
     worker = InferenceWorker(KafkaSettings("127.0.0.1:9"), None, scorer, WorkerConfig(), FusionPolicy())
     assert worker._queue_warmups([warm]) == [] and list(worker.warm_queue) == [warm]
     asyncio.run(worker._warm_up_queued())                       # what the worker does when nothing is due
     assert worker.warmups == 1 and not worker.warm_queue
     blocks = scorer.engine.scheduler.block_manager
     hits = blocks.prefix_hit_tokens
-    scorer.score([ScoreItem(request.id, request.prompt, None, None)])
+    item = ScoreItem(request.id, request.prompt, None, None)
+    warmed = scorer.score([item])
+    assert warmed == make_scorer().score([item])                 # buffering changes no forecast: same bits cold
     head = scorer.prompt_format.encode_head(warm.prompt)        # all of them: the head's partial last block too
     head_tokens = len(head)
     assert scorer.encode(request.prompt)[:head_tokens] == head
