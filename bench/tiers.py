@@ -2,7 +2,7 @@
 
 Every request a replay of a synthetic tape makes is answered three ways by the paged engine in this
 process: base-only (the tier policy's skips, the base tier's short prompt for the rest, on the base tier's
-engine: int8 weights by default, FINLLM_BASE_QUANT), deep-for-all (the deep prompt for every trigger, on
+engine: int8 weights by default where the CPU lacks native bf16, FINLLM_BASE_QUANT), deep-for-all (the deep prompt for every trigger, on
 the deep tier's engine: full precision by default, FINLLM_DEEP_QUANT) and tiered (the base tier, then the
 deep prompt for the forecasts the policy escalates), each with the model's shipped adapters, routes and
 fitted fusion weights as the demo serves them (`--no-adapters`: the base model alone). Quality: MCC and
@@ -202,7 +202,7 @@ def overload(tiers: Tiers, requests, rate_per_s: float, duration_s: float, deadl
 
 
 def build_tiers(model: str | None, adapters: dict[str, str], policy: TierPolicy, fusion: FusionPolicy) -> Tiers:
-    """Each tier's engine with its quantisation (FINLLM_BASE_QUANT, default int8; FINLLM_DEEP_QUANT, default
+    """Each tier's engine with its quantisation (FINLLM_BASE_QUANT, default auto: int8 without native bf16; FINLLM_DEEP_QUANT, default
     none) and the adapters the workers serve. No prefix cache: each configuration scores the same prompts
     again (and the overload cycles them), so a cache would hand the later ones the earlier ones' work."""
     from inference.checkpoints import resolve_model_dir
