@@ -6,6 +6,10 @@ byte for byte. The paged engine computes in its default dtype for this processor
 has native bf16, else float32) in batch-invariant mode, so which requests share a batch, or whether a
 prefix came from the cache, changes no bit of a request's logits. Run on the tiny fixture model and on the
 product's default model (SmolLM2-135M-Instruct with its shipped adapters).
+
+Whether a forecast expires is a wall-clock outcome by design (its deadline), and a CPU without native bf16
+cannot answer the real model's triggers in time when the tape is replayed as fast as possible; so the test
+lifts the deadlines (FINLLM_DEADLINE_MS, FINLLM_DEEP_DEADLINE_MS) and every trigger gets the model's answer.
 """
 import orjson
 import polars as pl
@@ -25,14 +29,16 @@ def canonical(out_dir) -> list[bytes]:
 
 @pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
 def test_two_replays_at_different_speeds_and_partitions_are_byte_identical(tmp_path, kafka_bootstrap, redis_url,
-                                                                           model):
+                                                                           model, monkeypatch):
+    monkeypatch.setenv("FINLLM_DEADLINE_MS", "900000")
+    monkeypatch.setenv("FINLLM_DEEP_DEADLINE_MS", "900000")
     tape = tmp_path / "tape"
     write_synth_tape(tape, 3, 10, seed=5)
     runs = {}
     for name, speed, partitions, bundle_ms in (("slow", 60.0, 1, 0), ("fast", None, 4, 1000)):
         out = tmp_path / name
         report = run_demo(DemoOptions(out, tape, speed=speed, partitions=partitions, bootstrap=kafka_bootstrap,
-                                      redis_url=redis_url, engine="paged", model=model, timeout_s=240,
+                                      redis_url=redis_url, engine="paged", model=model, timeout_s=900,
                                       bundle_ms=bundle_ms))
         assert report["missing"] == 0 and report["partitions"] == partitions
         # the base tier skips the model for confident forecasts without new news (inference.tiering); nothing
