@@ -279,8 +279,8 @@ def main() -> None:
     for scorer in {id(s): s for s in tiers.engines}.values():
         scorer.close()
     result = {"triggers": len(requests), "processor": describe_processor(), "model": args.model or "default",
-              "adapters": sorted(adapters), "base_quant": tiers.base.engine.config.quant,
-              "deep_quant": tiers.deep.engine.config.quant,
+              "adapters": sorted(adapters), "base_quant": tiers.base.engine.model.quant,
+              "deep_quant": tiers.deep.engine.model.quant,
               "deep_share": escalated / len(requests), "skipped_share": len(skipped) / len(requests),
               **{f"mcc_{k}": round(v["mcc"], 4) for k, v in quality.items()},
               **{f"mcc_{k}_ci": [round(x, 4) for x in v["mcc_ci"]] for k, v in quality.items()},

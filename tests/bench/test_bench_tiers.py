@@ -33,6 +33,6 @@ def test_quick_run_on_the_tiny_model_reports_every_key(tmp_path):
         assert -1.0 <= low <= high <= 1.0
     assert 0.0 <= result["deep_share"] <= 1.0 and 0.0 <= result["skipped_share"] <= 1.0
     assert abs(result["overload_rate_per_s"] - 2 * result["rps_deep_all"]) <= 0.02   # both rounded to 0.01
-    assert result["adapters"] and result["base_quant"] == "int8" and result["deep_quant"] == "none"
+    assert result["adapters"] and result["base_quant"] in ("int8", "none") and result["deep_quant"] == "none"
     revised, escalated = result["deep_revisions_overload_tiered"]
     assert 0 <= revised <= escalated
