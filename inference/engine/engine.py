@@ -45,7 +45,6 @@ class Engine:
         self.scheduler = Scheduler(self.config)
         self.registry: AdapterRegistry[LoraAdapter] = AdapterRegistry()
         self.slots = AdapterSlots(self.config.max_adapter_slots)
-        self.step_time_ns_ema = 0
         self.step_cost = StepCost()      # what expiry predicts a waiting request's compute costs (learnt per step)
         self.step_times_s: deque[float] = deque(maxlen=4096)
         self.ttfts_s: deque[float] = deque(maxlen=4096)
@@ -147,7 +146,6 @@ class Engine:
     def _record_step(self, sampled: list[Request], started_ns: int, num_tokens: int) -> None:
         ended_ns = self.clock_ns()
         elapsed_ns = ended_ns - started_ns
-        self.step_time_ns_ema = elapsed_ns if self.num_steps == 0 else int(0.8 * self.step_time_ns_ema + 0.2 * elapsed_ns)
         self.step_cost = learn_step_cost(self.step_cost, elapsed_ns, num_tokens)
         self.step_times_s.append(elapsed_ns / 1e9)
         self.num_steps += 1
