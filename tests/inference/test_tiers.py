@@ -34,11 +34,13 @@ def request(rid: str, numeric: Probs, news: tuple[str, ...], new_news: int | Non
                             prompt_deep=f"a longer prompt {rid} with more news and history (up, down or flat):", **kw)
 
 
-REQUESTS = [
-    request("confident", Probs(0.02, 0.02, 0.96), ("n1",), 0),      # sure, nothing new: skipped
-    request("news", Probs(0.34, 0.33, 0.33), ("n1", "n2"), 2),      # unsure, new news: answered, escalated
-    request("quiet", Probs(0.34, 0.33, 0.33), (), 0),               # no news: worth too little to escalate
-]
+def make_requests() -> list[InferenceRequest]:
+    """Built when the test runs: deadlines are wall-clock, and the full suite runs this long after collection."""
+    return [
+        request("confident", Probs(0.02, 0.02, 0.96), ("n1",), 0),      # sure, nothing new: skipped
+        request("news", Probs(0.34, 0.33, 0.33), ("n1", "n2"), 2),      # unsure, new news: answered, escalated
+        request("quiet", Probs(0.34, 0.33, 0.33), (), 0),               # no news: worth too little to escalate
+    ]
 
 
 async def read_topic(kafka: KafkaSettings, topic: str, count: int, decode) -> list:
@@ -64,11 +66,12 @@ async def run_tiers(kafka: KafkaSettings, redis_url: str, model_dir: str) -> tup
     try:
         producer = make_producer(kafka)
         await producer.start()
-        for r in REQUESTS:
+        requests = make_requests()
+        for r in requests:
             await producer.send_and_wait(kafka.topics.requests, encode(r), key=r.symbol.encode())
         await producer.send_and_wait(kafka.topics.requests_deep, b'{"id": "broken"}', key=b"x")
         await producer.stop()
-        forecasts = await read_topic(kafka, kafka.topics.forecasts, len(REQUESTS) + 1, decode_forecast)
+        forecasts = await read_topic(kafka, kafka.topics.forecasts, len(requests) + 1, decode_forecast)
         letters = await read_topic(kafka, kafka.topics.deadletter, 1, decode_deadletter)
         store = LatestStore.from_url(redis_url, kafka.topics.prefix)
         latest = await store.read("Snews")
