@@ -27,7 +27,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from inference.adapters.shipped import load_routing
 from inference.adapters.watch import start_registry_watch
@@ -68,6 +69,7 @@ class WorkerConfig:
     torch_threads: int | None = None  # CPU threads for the model; None: torch's default (every core)
     tier: str = "base"               # "base": every trigger, escalates; "deep": the escalated ones, revision 1
     escalate: bool = True            # base tier: send escalated forecasts to the deep tier's topic
+    max_inflight: int = 4            # Kafka polls scored at once (with the engine loop; else one at a time)
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -94,7 +96,8 @@ class WorkerConfig:
                    quant=env.get("FINLLM_ENGINE_QUANT") or None,
                    prefix_caching=env_flag(env, "FINLLM_PREFIX_CACHING", default.prefix_caching),
                    torch_threads=int(env["FINLLM_TORCH_THREADS"]) if env.get("FINLLM_TORCH_THREADS") else None,
-                   tier=env.get("FINLLM_TIER") or default.tier, escalate=env_flag(env, "FINLLM_ESCALATE", True))
+                   tier=env.get("FINLLM_TIER") or default.tier, escalate=env_flag(env, "FINLLM_ESCALATE", True),
+                   max_inflight=int(env.get("FINLLM_MAX_INFLIGHT", default.max_inflight)))
 
 
 def configured_scorer(cfg: WorkerConfig) -> Scorer:
@@ -191,23 +194,51 @@ class InferenceWorker:
         consumer.subscribe([requests_topic], listener=_ReadyOnAssign())
         await consumer.start()
         self.deadletters = DeadLetters(producer, topics.deadletter, stage="inference")
+        inflight: deque[tuple[asyncio.Task, dict[TopicPartition, int]]] = deque()
         try:
             while not self.stopping.is_set():
                 idle_work = bool(self.warm_queue)    # warm-ups wait: poll without waiting, forecasts first
                 batch = await consumer.getmany(timeout_ms=0 if idle_work else self.cfg.poll_timeout_ms,
                                                max_records=self.cfg.max_batch)
                 records = [r for part in batch.values() for r in part]
-                if records:
-                    await self._handle(records, producer)
-                    await consumer.commit()
+                if records:     # scored while the next polls come in: their requests join the engine's steps
+                    inflight.append((asyncio.create_task(self._handle(records, producer)), next_offsets(batch)))
                 elif idle_work:
                     await self._warm_up_queued()
+                await self._commit_done(consumer, inflight, room=self.max_inflight - 1)
         finally:
-            stop_registry_watch()
-            await consumer.stop()
-            await producer.stop()
-            if self.latest:
-                await self.latest.close()
+            try:
+                await self._commit_done(consumer, inflight, room=0)     # finish what was taken, then commit it
+            finally:
+                stop_registry_watch()
+                await consumer.stop()
+                await producer.stop()
+                if self.latest:
+                    await self.latest.close()
+
+    @property
+    def max_inflight(self) -> int:
+        """Polls scored at once: several where the scorer takes concurrent calls (the engine loop), else one."""
+        return self.cfg.max_inflight if getattr(self.scorer, "concurrent", False) else 1
+
+    @staticmethod
+    async def _commit_done(consumer, inflight: deque, room: int) -> None:
+        """Commit the offsets of the polls handled so far, oldest first and never past one still being
+        handled (at least once: a crash replays what was not committed); first wait for the oldest until
+        at most `room` are in flight. A poll that failed raises here."""
+        oldest = [task for task, _ in inflight][:max(len(inflight) - room, 0)]
+        if oldest:
+            await asyncio.wait(oldest)
+        offsets: dict[TopicPartition, int] = {}
+        while inflight and inflight[0][0].done():
+            task, polled = inflight.popleft()
+            task.result()
+            offsets |= polled
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as error:   # a rebalance: the next owner answers them again
+                log.warning("commit after scoring failed (%s): those requests will be answered again", error)
 
     async def _handle(self, records: list, producer) -> None:
         picked = time.time_ns()
@@ -332,6 +363,11 @@ class InferenceWorker:
             log.warning("could not store latest forecasts in Redis: %s", error)
 
 
+def next_offsets(batch: dict[TopicPartition, list]) -> dict[TopicPartition, int]:
+    """The offsets to commit once a poll's records are all handled."""
+    return {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+
+
 class _ReadyOnAssign(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked) -> None:
         return None
@@ -360,6 +396,10 @@ async def main_async() -> None:
             if os.environ.get(HTTP_PORT_ENV):     # the HTTP API beside Kafka: one engine, forecasts first
                 worker.scorer = await http.enter_async_context(serve_http(scorer, cfg, worker.metrics.registry,
                                                                           worker.latest))
+            elif cfg.engine == "paged":           # the engine in its own thread: polls share its steps
+                from inference.api.loop import looping
+
+                worker.scorer = http.enter_context(looping(scorer))
             await worker.run()
     finally:
         observing.cancel()

@@ -104,6 +104,15 @@ class ForecastCollector:
             keep_latest(out, forecast, window=len(self.copies))
         return dict(out)
 
+    @property
+    def first_answers(self) -> dict[str, Forecast]:
+        """The first answer to each forecast id (its revision 0: what answered the trigger, by its deadline)."""
+        out: dict[str, Forecast] = {}
+        for _, forecast in self.copies:
+            if forecast.revision == 0:
+                out.setdefault(forecast.id, forecast)
+        return out
+
     def awaiting_revision(self) -> set[str]:
         """Ids whose latest copy was escalated: a deep-tier revision of each is still to come."""
         return {i for i, f in self.by_id.items() if f.escalated}

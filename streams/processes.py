@@ -15,12 +15,29 @@ class WorkerFailed(RuntimeError):
     """A worker exited or did not become ready in time; the message holds its log tail."""
 
 
+def _lowered(nice: int, idle: bool):
+    """The child's set-up that lowers its CPU priority, or None."""
+    if idle:
+        return _schedule_idle
+    return (lambda: os.nice(nice)) if nice > 0 else None
+
+
+def _schedule_idle() -> None:
+    """SCHED_IDLE: the process runs only when no normal process wants the core (nice 19 where unsupported)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
 class WorkerProcess:
     """`python -m MODULE` in its own process group, with `workdir` as its FINLLM_WORK_DIR, logging to
     `workdir/NAME.log`; ready once it creates the file named by FINLLM_READY_FILE. `nice` > 0 lowers its CPU
-    priority (a latency-tolerant worker sharing cores with latency-bound ones)."""
+    priority; `idle` runs it only on cores nothing else wants (Linux SCHED_IDLE, else nice 19): a
+    latency-tolerant worker sharing cores with latency-bound ones."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str], workdir: Path, nice: int = 0) -> None:
+    def __init__(self, name: str, module: str, env: dict[str, str], workdir: Path, nice: int = 0,
+                 idle: bool = False) -> None:
         self.name = name
         workdir = workdir.resolve()
         self.log_path = workdir / f"{name}.log"
@@ -31,7 +48,7 @@ class WorkerProcess:
             self.process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True,
-                                            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None)
+                                            preexec_fn=_lowered(nice, idle))
 
     @property
     def pid(self) -> int:

@@ -13,8 +13,8 @@ from agents.cli.options import bootstrap_option, model_option, redis_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--tape", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Tape folder (default: the bundled sample tape).")
-@click.option("--speed", type=float, help="Replay at this multiple of real time (default: 30 on CPUs with native "
-              "bf16 or a GPU, else 15; see README \"Quick start\").")
+@click.option("--speed", type=float, help="Replay at this multiple of real time (default: 30 on CPUs with AMX or "
+              "a GPU, else 15; see README \"Quick start\").")
 @click.option("--max", "as_fast", is_flag=True, help="Replay as fast as possible (latency then includes backlog).")
 @click.option("--partitions", default=4, show_default=True)
 @bootstrap_option("Use this Kafka instead of the embedded broker.")
@@ -50,7 +50,7 @@ def demo(out_dir: Path, tape: Path | None, speed: float | None, as_fast: bool, p
 
 
 def summary(report: dict) -> str:
-    lat = report["latency_ms"]
+    lat, revision_lat = report["latency_ms"], report["revision_latency_ms"]
     return "\n".join([
         f"served by         {report['model']} ({report['engine']} engine, {report['dtype']}, "
         f"quantised {', '.join(f'{t} {q}' for t, q in report.get('quant', {}).items())}, "
@@ -60,10 +60,11 @@ def summary(report: dict) -> str:
         f"events replayed   {report['events']} ({report['ticks']} ticks, {report['news']} news)",
         f"forecasts         {report['forecasts']} of {report['triggers']} triggers "
         f"(missing {report['missing']}, duplicates on the wire {report['wire_duplicates']})",
-        f"status            {report['status']}, dead letters {report['deadletters'] or 0}",
+        f"first answers     {report['status']}, dead letters {report['deadletters'] or 0}",
+        f"tick-to-forecast  p50 {lat['p50']} ms, p99 {lat['p99']} ms (first answers)",
         f"tiers             {report['tiers']} (deep share {report['deep_share']}, skipped the LLM "
-        f"{report['skipped_llm']}, still awaiting deep {report['awaiting_deep']})",
-        f"tick-to-forecast  p50 {lat['p50']} ms, p99 {lat['p99']} ms",
+        f"{report['skipped_llm']}, still awaiting deep {report['awaiting_deep']}); deep revisions "
+        f"{report['revision_status']}, p50 {revision_lat['p50']} ms, p99 {revision_lat['p99']} ms",
         f"accuracy          fused {report['accuracy']}, numeric {report['accuracy_numeric']}, "
         f"llm {report['accuracy_llm']} over {report['scored']} scored forecasts",
     ])

@@ -37,19 +37,16 @@ READY_TIMEOUT_S = 240.0
 Alongside = Callable[[], Awaitable[None]]   # a load run beside the replay (benchmarks): started, then cancelled
 
 
-DEEP_TIER_NICE = 10     # the deep tier's CPU priority below the base tier's when they share the machine
-
-
 def default_speed() -> float:
-    """The demo's replay speed when none is given: 30x where the engine computes in bf16 natively (AMX/AVX-512
-    bf16 CPUs, CUDA), else 15x. Measured on 2 cores (README "Quick start"): an Intel Xeon with AMX answers all
-    160 sample triggers at 30x; an AMD EPYC (AVX2: float32, the base tier in int8) misses deadlines there."""
+    """The demo's replay speed when none is given: 30x where the engine has AMX tiles or CUDA, else 15x.
+    Measured on 2 cores with both tiers (README "Quick start"): an Intel Xeon with AMX answers all 160 sample
+    triggers in time at 30x; an AMD EPYC with AVX-512 bf16 (no AMX) misses a third of them at 30x and none
+    at 15x; an AMD EPYC with AVX2 only computes in float32 (the base tier in int8)."""
     import torch
 
-    from inference.engine.cpu import default_dtype
+    from inference.engine.cpu import cpu_flags
 
-    fast = torch.cuda.is_available() or default_dtype("cpu") == "bfloat16"
-    return 30.0 if fast else 15.0
+    return 30.0 if torch.cuda.is_available() or "amx_bf16" in cpu_flags() else 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +130,14 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     started, beside = time.monotonic(), None
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]
-    workers.append(WorkerProcess("inference", "inference.worker", tier_env("base", env), workdir))
+    base_env = tier_env("base", env if opts.deep_tier else dict(env, FINLLM_ESCALATE="0"))  # no pool: no revisions
+    workers.append(WorkerProcess("inference", "inference.worker", base_env, workdir))
     if opts.deep_tier:     # the deep tier's own pool: escalated forecasts, full precision, the longer prompt;
-        # its answers are revisions without a deadline, so on shared cores it runs in the base tier's idle time
+        # its answers are revisions without a deadline, so on shared cores it runs only in the time nothing
+        # else wants (SCHED_IDLE): it never slows the base tier's forecasts
         deep_env = {k: v for k, v in env.items() if k != HTTP_PORT_ENV}    # the HTTP API is the base tier's
         workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", deep_env), workdir,
-                                     nice=DEEP_TIER_NICE))
+                                     idle=True))
     try:
         for worker in workers:
             await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT_S)
@@ -157,7 +156,8 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     await collecting
     if failed is not None:
         raise RuntimeError("the load run beside the replay failed") from failed
-    return {"forecasts": list(collector.by_id.values()), "wire_forecasts": len(collector.copies),
+    return {"forecasts": list(collector.by_id.values()), "first_answers": list(collector.first_answers.values()),
+            "wire_forecasts": len(collector.copies),
             "wire_revisions": len({(f.id, f.revision) for _, f in collector.copies}),
             "deadletters": collector.deadletter_reasons(), "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,

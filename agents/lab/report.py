@@ -22,7 +22,9 @@ def forecasts_frame(forecasts: list[Forecast], tape: Tape | None = None, flat_bp
 
 
 def build_report(tape: Tape, cfg: AgentsConfig, expected: set[str], result: dict[str, Any]) -> dict[str, Any]:
-    forecasts: list[Forecast] = result["forecasts"]
+    forecasts: list[Forecast] = result["forecasts"]           # the latest revision of each: what a reader keeps
+    first: list[Forecast] = result.get("first_answers", forecasts)   # what answered each trigger, in time or not
+    revisions = [f for f in forecasts if f.revision > 0]
     frame = forecasts_frame(forecasts, tape, cfg.flat_bps)
     got = {f.id for f in forecasts}
     stats = result.get("replay")
@@ -32,13 +34,15 @@ def build_report(tape: Tape, cfg: AgentsConfig, expected: set[str], result: dict
         "triggers": len(expected), "forecasts": len(got & expected), "missing": len(expected - got),
         "unexpected": len(got - expected),
         "wire_duplicates": result["wire_forecasts"] - result.get("wire_revisions", len(got)),
-        "deadletters": result["deadletters"], "status": dict(Counter(f.status for f in forecasts)),
+        "deadletters": result["deadletters"], "status": dict(Counter(f.status for f in first)),
+        "revision_status": dict(Counter(f.status for f in revisions)),
+        "revision_latency_ms": _percentiles([f.latency.total_ms for f in revisions]),
         "divergent": sum(f.divergent for f in forecasts), "deep_path": sum(f.deep is not None for f in forecasts),
         "deep_ms": _percentiles([f.latency.deep_ms for f in forecasts if f.deep is not None]),
         "review": sum(f.review for f in forecasts), **tier_counts(forecasts),
-        "latency_ms": _percentiles([f.latency.total_ms for f in forecasts]),
-        "queue_ms": _percentiles([f.latency.queue_ms for f in forecasts]),
-        "inference_ms": _percentiles([f.latency.inference_ms for f in forecasts]),
+        "latency_ms": _percentiles([f.latency.total_ms for f in first]),
+        "queue_ms": _percentiles([f.latency.queue_ms for f in first]),
+        "inference_ms": _percentiles([f.latency.inference_ms for f in first]),
         **_accuracy(frame), "startup_s": round(result["startup_s"], 2), "engine": result["engine"],
         "model": forecasts[0].model if forecasts else None, "partitions": result["partitions"],
         "speed": result["speed"], "horizon_s": cfg.horizon_s, "flat_bps": cfg.flat_bps,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Sequence, TypeVar
+from typing import AsyncIterator, Callable, Iterator, Sequence, TypeVar
 
 from inference.engine.engine import RequestOutput
 from inference.engine.sequence import (Priority, Request, RequestKind, RequestStatus, SamplingParams,
@@ -232,7 +233,10 @@ class EngineLoop:
 
 
 class LoopScorer:
-    """The worker's `Scorer` over an `EngineLoop`: forecasts share the engine with the HTTP requests."""
+    """The worker's `Scorer` over an `EngineLoop`: forecasts share the engine with the HTTP requests.
+    `score` may be called from several threads at once: their requests share the engine's steps."""
+
+    concurrent = True
 
     def __init__(self, loop: EngineLoop) -> None:
         self.loop = loop
@@ -265,3 +269,13 @@ class LoopScorer:
     def close(self) -> None:
         self.loop.stop()
         self.loop.scorer.close()
+
+
+@contextlib.contextmanager
+def looping(scorer: EngineScorer) -> Iterator[LoopScorer]:
+    """`scorer`'s engine stepped in its own thread until the block exits, as a LoopScorer."""
+    loop = EngineLoop(scorer).start()
+    try:
+        yield LoopScorer(loop)
+    finally:
+        loop.stop()

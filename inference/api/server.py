@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from redis.exceptions import RedisError
 
 from inference.api.explain import Explainable
-from inference.api.loop import Delta, EngineLoop, LoopScorer, Timing
+from inference.api.loop import Delta, EngineLoop, LoopScorer, Timing, looping
 from inference.api.protocol import (ApiError, ApiSettings, GenerationSpec, TextStream, parse_chat, parse_completion,
                                     parse_explain)
 from inference.engine.sequence import RequestStatus
@@ -418,11 +418,10 @@ async def serving(scorer, settings: ApiSettings, metrics: ApiMetrics | None = No
     """Run the API over `scorer` (an EngineScorer) until the block exits: (server, base URL, LoopScorer).
     The LoopScorer lets other callers (the worker's forecasts) share the engine. `latest` (Redis): the
     forecasts /v1/explain explains; without it that route answers 503."""
-    loop = EngineLoop(scorer).start()
-    server = ApiServer(loop, settings, served_names(scorer.model_dir, scorer.model_name), metrics, latest)
-    try:
-        url = await server.start()
-        yield server, url, LoopScorer(loop)
-    finally:
-        await server.stop()
-        loop.stop()
+    with looping(scorer) as shared:
+        server = ApiServer(shared.loop, settings, served_names(scorer.model_dir, scorer.model_name), metrics, latest)
+        try:
+            url = await server.start()
+            yield server, url, shared
+        finally:
+            await server.stop()
