@@ -79,8 +79,17 @@ async def stream_explanation(url: str, symbol: str, body: dict, api_key: str | N
                     for choice in event.get("choices", []):
                         sys.stdout.write(choice.get("text") or "")
                         sys.stdout.flush()
+                    _warn_ungrounded(event.get("grounding"))
     except aiohttp.ClientError as error:
         raise click.ClickException(f"could not reach {url}: {error}") from None
+
+
+def _warn_ungrounded(grounding: dict | None) -> None:
+    """Numbers the explanation states that its inputs never held: the model made them up."""
+    numbers = (grounding or {}).get("ungrounded_numbers")
+    if numbers:
+        click.echo(f"\nwarning: not in the forecast's inputs, so made up by the model: {', '.join(numbers)}",
+                   err=True)
 
 
 def _error_message(raw: bytes, status: int) -> str:

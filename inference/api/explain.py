@@ -6,9 +6,15 @@ as the model's label word) and a further question asking for a short explanation
 market data above, in the model's own prompt format (`PromptFormat.render_follow_up`: its chat template
 when it has one). Nothing else goes in: no news or prices newer than the forecast (no look-ahead), only
 what the forecast saw and what it published.
+
+A model this small writes fluent text that can state figures its inputs never held ("down 41% in 24
+hours"). `ungrounded_numbers` lists the numbers of an explanation that appear nowhere in what the model was
+given; the API returns them with the explanation (`grounding`), and `finllm explain` prints them as a
+warning, so no reader takes an invented figure for data.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,3 +57,27 @@ class Explainable:
     def prompt_text(self, prompt_format: PromptFormat) -> str:
         """The explanation prompt, in the model's prompt format."""
         return prompt_format.render_follow_up(self.prompt, self.forecast["direction"], self.question())
+
+
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)*")
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers in `text`, normalised: thousands separators and signs dropped, trailing zeros of decimals."""
+    out = set()
+    for raw in NUMBER.findall(text):
+        digits = raw.lstrip("+-").replace(",", "")
+        out.add(digits.rstrip("0").rstrip(".") if "." in digits else digits)
+    return out
+
+
+def ungrounded_numbers(explanation: str, source: str) -> list[str]:
+    """The numbers of `explanation` (in order of appearance, each once) found nowhere in `source`, what the
+    model was given: its prompt, the forecast and the question. Empty: every figure it states is grounded."""
+    known, seen, out = _numbers(source), set(), []
+    for number in NUMBER.findall(explanation):
+        key = next(iter(_numbers(number)))
+        if key not in known and key not in seen:
+            seen.add(key)
+            out.append(number.lstrip("+"))
+    return out

@@ -80,6 +80,7 @@ class GenerationSpec:
     include_usage: bool
     ignore_eos: bool
     max_tokens_cap: int | None = None  # with `max_tokens` None: at most this many (rather than as many as fit)
+    grounding_source: str | None = None  # explain: what the model was given; the answer lists numbers not in it
 
 
 def _field(body: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
@@ -155,7 +156,8 @@ def parse_explain(body: Any, model: str, prompt: str) -> GenerationSpec:
     common = _common({"stream": True, "temperature": 0.0} | body | {"model": model}, chat=False, logprobs=None)
     if body.get("max_tokens") is None:
         common["max_tokens"] = None
-    return GenerationSpec(prompt=prompt, messages=(), max_tokens_cap=EXPLAIN_MAX_TOKENS, **common)
+    return GenerationSpec(prompt=prompt, messages=(), max_tokens_cap=EXPLAIN_MAX_TOKENS, grounding_source=prompt,
+                          **common)
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")

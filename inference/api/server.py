@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from redis.exceptions import RedisError
 
-from inference.api.explain import Explainable
+from inference.api.explain import Explainable, ungrounded_numbers
 from inference.api.loop import Delta, EngineLoop, LoopScorer, Timing, looping
 from inference.api.protocol import (ApiError, ApiSettings, GenerationSpec, TextStream, parse_chat, parse_completion,
                                     parse_explain)
@@ -230,6 +230,7 @@ class ApiServer:
             run.token_ids += delta.token_ids
             self.metrics.tokens.inc(len(delta.token_ids))
             text = run.text.add(delta.token_ids)
+            run.written += text
             entries = [self._logprob_entry(t, lp) for t, lp in zip(delta.token_ids, delta.logprobs)]
             if run.text.stopped:
                 run.finish_reason = "stop"
@@ -241,7 +242,9 @@ class ApiServer:
                     raise ApiError(503, f"the request was {delta.status.value} by the engine")
                 ended = bool(run.token_ids) and run.token_ids[-1] in self.end_token_ids and not run.spec.ignore_eos
                 run.finish_reason = "stop" if ended else "length"
-                yield text + run.text.flush(), entries
+                rest = run.text.flush()
+                run.written += rest
+                yield text + rest, entries
                 return
             yield text, entries
 
@@ -261,7 +264,7 @@ class ApiServer:
                     text, entries = await anext(pieces)
                 except StopAsyncIteration:
                     break
-            await send(run.chunk("" if not run.spec.chat else {}, None, run.finish_reason))
+            await send(run.chunk("" if not run.spec.chat else {}, None, run.finish_reason) | run.grounding())
             if run.spec.include_usage:
                 await send(run.usage_chunk())
         except ApiError as error:                  # headers are gone: the error travels as an event
@@ -334,6 +337,7 @@ class _Run:
         self.timing: Timing | None = None
         self.finish_reason: str | None = None
         self.text_offset = 0
+        self.written = ""          # the text so far (grounding checks it)
 
     @property
     def object(self) -> str:
@@ -364,7 +368,14 @@ class _Run:
         choice = {"index": 0, "logprobs": self.logprobs(entries), "finish_reason": self.finish_reason}
         choice |= {"message": {"role": "assistant", "content": text}} if self.spec.chat else {"text": text}
         return {"id": self.id, "object": self.object, "created": self.created, "model": self.spec.model,
-                "choices": [choice], "usage": self.usage()}
+                "choices": [choice], "usage": self.usage()} | self.grounding()
+
+    def grounding(self) -> dict:
+        """For an explanation: {"grounding": {"ungrounded_numbers": [...]}}, the numbers of its text found
+        nowhere in what the model was given (inference.api.explain); else nothing."""
+        if self.spec.grounding_source is None:
+            return {}
+        return {"grounding": {"ungrounded_numbers": ungrounded_numbers(self.written, self.spec.grounding_source)}}
 
     def chunk(self, content: str | dict, entries: list | None, finish_reason: str | None) -> dict:
         choice = {"index": 0, "logprobs": self.logprobs(entries) if entries else None, "finish_reason": finish_reason}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from inference.api.explain import Explainable
+from inference.api.explain import Explainable, ungrounded_numbers
 from inference.fusion import FusionPolicy
 from inference.worker import InferenceWorker, WorkerConfig
 from schemas import InferenceRequest, Probs, encode
@@ -122,6 +122,9 @@ def test_explains_the_latest_forecast_from_what_it_saw_through_its_adapter(serve
     # the same prompt and adapter as a plain greedy completion: nothing else went into it
     same = client.post("/v1/completions", json=BODY | {"model": "alpha", "prompt": expected, "temperature": 0})
     assert same.json()["choices"][0]["text"] == streamed
+    assert "grounding" not in same.json()                                 # a plain completion is not checked
+    finished = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert finished[0]["grounding"] == {"ungrounded_numbers": ungrounded_numbers(streamed, expected)}
     whole = client.get("/v1/explain/ACME")                                   # GET: the defaults, streamed
     assert whole.status_code == 200 and sse(whole.text)
 
@@ -184,3 +187,11 @@ def test_explain_command_loads_the_model_itself_without_url(server, redis_url, p
     assert done.exit_code == 0, done.output
     missing = CliRunner().invoke(cli, ["explain", "NOPE", "--redis", redis_url, "--prefix", prefix, "--model", "tiny"])
     assert missing.exit_code != 0 and "no forecast for NOPE yet" in missing.output
+
+
+def test_numbers_an_explanation_states_that_its_inputs_never_held_are_listed():
+    source = prompt("ACME", "Acme wins a record contract worth 1,200 million") + " up 40%, down 35%, flat 25%"
+    explanation = ("ACME rose 4.5bp on 14 trades after a 1200 million contract; expect up (40%). It fell 41% in "
+                   "the past 24 hours, and 41% is not in the data; 2026 results -3.0 and 12:00 are.")
+    assert ungrounded_numbers(explanation, source) == ["41", "24", "-3.0"]
+    assert ungrounded_numbers("Up 40% on the contract news.", source) == []
