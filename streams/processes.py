@@ -15,13 +15,6 @@ class WorkerFailed(RuntimeError):
     """A worker exited or did not become ready in time; the message holds its log tail."""
 
 
-def _lowered(nice: int, idle: bool):
-    """The child's set-up that lowers its CPU priority, or None."""
-    if idle:
-        return _schedule_idle
-    return (lambda: os.nice(nice)) if nice > 0 else None
-
-
 def _schedule_idle() -> None:
     """SCHED_IDLE: the process runs only when no normal process wants the core (nice 19 where unsupported)."""
     try:
@@ -32,11 +25,11 @@ def _schedule_idle() -> None:
 
 class WorkerProcess:
     """`python -m MODULE` in its own process group, with `workdir` as its FINLLM_WORK_DIR, logging to
-    `workdir/NAME.log`; ready once it creates the file named by FINLLM_READY_FILE. `nice` > 0 lowers its CPU
-    priority; `idle` runs it only on cores nothing else wants (Linux SCHED_IDLE, else nice 19): a
-    latency-tolerant worker sharing cores with latency-bound ones."""
+    `workdir/NAME.log`; ready once it creates the file named by FINLLM_READY_FILE. `idle` runs it only on
+    cores nothing else wants (Linux SCHED_IDLE, else nice 19): a latency-tolerant worker sharing cores with
+    latency-bound ones."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str], workdir: Path, nice: int = 0,
+    def __init__(self, name: str, module: str, env: dict[str, str], workdir: Path,
                  idle: bool = False) -> None:
         self.name = name
         workdir = workdir.resolve()
@@ -48,7 +41,7 @@ class WorkerProcess:
             self.process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True,
-                                            preexec_fn=_lowered(nice, idle))
+                                            preexec_fn=_schedule_idle if idle else None)
 
     @property
     def pid(self) -> int:
