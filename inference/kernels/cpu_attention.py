@@ -17,15 +17,16 @@ GQA: prefill passes `enable_gqa`; decode folds each kv head's query heads into i
 per request needs no causal mask), which torch's CPU kernel runs several times faster in bfloat16 than
 `enable_gqa` with one query row.
 
-Requests flagged in `fixed` (batch-invariant mode, `inference.kernels.invariant`) leave the groups: each runs
-alone on shapes that depend on itself only (`attend_fixed`), so its rows do not change with the batch.
+Requests flagged in `fixed` (batch-invariant mode, `inference.kernels.invariant`) leave the groups: their rows
+run on query tiles aligned to absolute positions (`attend_tiles`), shapes that depend on a row's position
+only, so its result does not change with the batch or the chunking.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from inference.kernels.invariant import attend_fixed
+from inference.kernels.invariant import attend_tiles
 
 PIECE_ROWS, MAX_PIECES = 64, 6    # a prefill chunk of n queries runs as min(ceil(n / 64), 6) pieces
 
@@ -41,10 +42,12 @@ def paged_attention_sdpa(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     fixed: per request, whether it runs on batch-invariant fixed shapes (None: none does).
     """
     out = torch.empty_like(q)
-    for b in [b for b, flag in enumerate(fixed or ()) if flag]:
-        start, stop = query_start_loc[b], query_start_loc[b + 1]
-        keys, values = (_gather(c, block_tables, [b], seq_lens[b])[0] for c in (k_cache, v_cache))
-        out[start:stop] = attend_fixed(q[start:stop], keys, values, scale)
+    pinned = [b for b, flag in enumerate(fixed or ()) if flag]
+    if pinned:
+        gathered = [(q[query_start_loc[b]:query_start_loc[b + 1]],
+                     *(_gather(c, block_tables, [b], seq_lens[b])[0] for c in (k_cache, v_cache))) for b in pinned]
+        for b, o in zip(pinned, attend_tiles(gathered, scale)):
+            out[query_start_loc[b]:query_start_loc[b + 1]] = o
     for members, n, ctx in _groups(seq_lens, query_start_loc, fixed):
         rows = _rows([query_start_loc[b] for b in members], n, q.device)
         if n == ctx and k is not None:   # no cached prefix: this step's K/V are the whole context

@@ -14,10 +14,13 @@ The fix is to never let a kernel see a shape that depends on the batch:
   rows past the last full tile may go through a smaller tile instead, but only one that a probe found to
   compute every row bit-identically to the full tile for that very product (`small_tiles`): a small step
   then costs its own rows, not 256 (on AVX2 float32 every small tile qualifies);
-* attention runs per request (`attend_fixed`): its queries in `QUERY_TILE`-row tiles, its keys zero-padded
-  and masked to a multiple of `KEY_BLOCK` (torch's CPU flash kernel reduces keys in blocks of 512, and a block
-  that is fully masked adds exact zeros), so neither the chunking nor a prefix-cache hit changes the
-  reduction a query row sees.
+* attention runs on query tiles aligned to absolute positions (`attend_tiles`): tile k holds positions
+  [64k, 64k + 64) and always attends the keys [0, 64(k + 1)), causally masked, whatever chunk its rows
+  came in (rows of the tile outside the chunk are zero padding, dropped; keys past the context are zeros,
+  masked). A row's call then has the same shape and the same unmasked inputs whether its prompt came in one
+  chunk or several, after a prefix-cache hit or not; a masked key adds exact zeros to the softmax and to
+  the values' sum. Tiles of the same index from several requests go in one call, as its batch (each batch
+  entry is computed apart). Each tile computes only its causal width, about half the padded square.
 
 Row-wise ops (RMSNorm, SiLU * mul, rope's element-wise products, residual adds) were measured row-invariant
 as they are and are left alone. The property test is tests/inference/test_batch_invariance.py.
@@ -35,8 +38,7 @@ TILE_ROWS = 256    # rows of every matrix product over token rows (64 and 128 ar
 # smaller tiles for a step's last rows, each used only where a probe finds its rows bit-identical to a
 # TILE_ROWS tile's for that product (AVX2 float32 here: all of them; AVX-512 bf16: measured otherwise)
 SMALL_TILES = (16, 32, 64, 128)
-QUERY_TILE = 64    # rows of every attention query tile
-KEY_BLOCK = 512    # keys are padded to a multiple of this (the CPU flash kernel's key block)
+QUERY_TILE = 64    # rows of every attention query tile, aligned to absolute positions
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -108,22 +110,43 @@ def label_logits(hidden: torch.Tensor, label_rows: torch.Tensor) -> torch.Tensor
     return row_tiles(lambda h, w: torch.einsum("nh,nkh->nk", h, w), hidden, label_rows, key=key)
 
 
-def attend_fixed(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention of one request's n new queries, the last n of its context, on fixed shapes.
+def attend_tiles(requests: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], scale: float) -> list[torch.Tensor]:
+    """Causal attention of several requests' new queries, each the last n of its context, on fixed shapes.
 
-    q: [n, Hq, D]; keys, values: [Hkv, ctx, D] (the whole context) -> [n, Hq, D]. The queries run in
-    `QUERY_TILE`-row tiles (one SDPA call, tiles as the batch), the keys zero-padded to a multiple of
-    `KEY_BLOCK` and masked; padding query rows see the keys up to their would-be position and are dropped.
-    """
-    n, ctx = q.shape[0], keys.shape[1]
-    rows, width = round_up(n, QUERY_TILE), round_up(ctx, KEY_BLOCK)
-    tiles = rows // QUERY_TILE
-    queries = _pad_rows(q, rows).unflatten(0, (tiles, QUERY_TILE)).transpose(1, 2)       # [tiles, Hq, 64, D]
-    pad = (0, 0, 0, width - ctx)
-    keys, values = (F.pad(t, pad).unsqueeze(0).expand(tiles, -1, -1, -1) for t in (keys, values))
-    positions = torch.arange(rows, device=q.device) + (ctx - n)
-    mask = torch.arange(width, device=q.device)[None, :] <= positions[:, None]            # [rows, width]
-    mask = mask.unflatten(0, (tiles, QUERY_TILE)).unsqueeze(1)                            # [tiles, 1, 64, width]
-    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale,
-                                         enable_gqa=keys.shape[1] != q.shape[1])
-    return out.transpose(1, 2).flatten(0, 1)[:n]
+    requests: (q [n, Hq, D], keys [Hkv, ctx, D], values [Hkv, ctx, D]) each -> [n, Hq, D] each. Query tile k
+    (positions [QUERY_TILE * k, QUERY_TILE * (k + 1))) attends keys [0, QUERY_TILE * (k + 1)); the tiles of one
+    index from every request form one SDPA call."""
+    outs = [torch.empty_like(q) for q, _, _ in requests]
+    by_tile: dict[int, list[int]] = {}
+    for i, (q, keys, _) in enumerate(requests):
+        first, ctx = keys.shape[1] - q.shape[0], keys.shape[1]
+        for k in range(first // QUERY_TILE, -(-ctx // QUERY_TILE)):
+            by_tile.setdefault(k, []).append(i)
+    for k, members in by_tile.items():
+        lo, width = k * QUERY_TILE, (k + 1) * QUERY_TILE
+        queries, keys, values, spans = [], [], [], []
+        for i in members:
+            q, key, value = requests[i]
+            first, ctx = key.shape[1] - q.shape[0], key.shape[1]
+            start, stop = max(lo, first), min(width, ctx)              # the tile's positions in this chunk
+            tile = q.new_zeros(QUERY_TILE, *q.shape[1:])
+            tile[start - lo:stop - lo] = q[start - first:stop - first]
+            queries.append(tile)
+            keys.append(_keys_to(key, width))
+            values.append(_keys_to(value, width))
+            spans.append((i, start - first, stop - first, start - lo))
+        device = outs[0].device
+        mask = torch.arange(width, device=device)[None, :] <= torch.arange(lo, width, device=device)[:, None]
+        o = F.scaled_dot_product_attention(torch.stack(queries).transpose(1, 2), torch.stack(keys),
+                                           torch.stack(values), attn_mask=mask, scale=scale,
+                                           enable_gqa=keys[0].shape[0] != queries[0].shape[1])
+        o = o.transpose(1, 2)                                                     # [G, QUERY_TILE, Hq, D]
+        for g, (i, a, b, row) in enumerate(spans):
+            outs[i][a:b] = o[g, row:row + b - a]
+    return outs
+
+
+def _keys_to(keys: torch.Tensor, width: int) -> torch.Tensor:
+    """keys [Hkv, ctx, D] as exactly `width` positions: cut, or zero-padded past the context."""
+    ctx = keys.shape[1]
+    return keys[:, :width] if ctx >= width else F.pad(keys, (0, 0, 0, width - ctx))
