@@ -11,9 +11,9 @@ The fix is to never let a kernel see a shape that depends on the batch:
 * every matrix product over token rows runs on fixed `TILE_ROWS`-row tiles (`row_tiles`, `linear`,
   `sgmv_tiled`, `label_logits`): the rows are zero-padded to a multiple of the tile and each tile is its own
   call, so a row meets the same kernel, in the same position-independent order, whatever the batch. The
-  rows past the last full tile may go through a smaller tile instead, but only one that a probe found to
-  compute every row bit-identically to the full tile for that very product (`small_tiles`): a small step
-  then costs its own rows, not 256 (on AVX2 float32 every small tile qualifies);
+  rows past the last full tile may go through a smaller tile (a multiple of 16 rows) instead, but only one
+  that a probe found to compute every row bit-identically to the full tile for that very product
+  (`small_tiles`): a small step then costs its own rows rounded up to 16, not 256;
 * attention runs on query tiles aligned to absolute positions (`attend_tiles`): tile k holds positions
   [64k, 64k + 64) and always attends the keys [0, 64(k + 1)), causally masked, whatever chunk its rows
   came in (rows of the tile outside the chunk are zero padding, dropped; keys past the context are zeros,
@@ -36,8 +36,8 @@ from inference.kernels.reference import LoraSegment
 
 TILE_ROWS = 256    # rows of every matrix product over token rows (64 and 128 are invariant too, and slower)
 # smaller tiles for a step's last rows, each used only where a probe finds its rows bit-identical to a
-# TILE_ROWS tile's for that product (AVX2 float32 here: all of them; AVX-512 bf16: measured otherwise)
-SMALL_TILES = (16, 32, 64, 128)
+# TILE_ROWS tile's for that product (every one qualified on an AMD EPYC, AVX2 float32 and AVX-512 bf16)
+SMALL_TILES = tuple(range(16, 256, 16))   # 16, 32, ..., 240
 QUERY_TILE = 64    # rows of every attention query tile, aligned to absolute positions
 
 
@@ -64,8 +64,9 @@ def small_tiles(key: tuple, fn: Callable[..., torch.Tensor], *xs: torch.Tensor) 
         gen = torch.Generator(device=xs[0].device).manual_seed(0)
         probe = [torch.randn(TILE_ROWS, *x.shape[1:], generator=gen, device=x.device).to(x.dtype) for x in xs]
         full = fn(*probe)
-        _same_as_full_tile[key] = tuple(t for t in SMALL_TILES if all(
-            torch.equal(fn(*(p[start:start + t] for p in probe)), full[start:start + t]) for start in (0, t)))
+        _same_as_full_tile[key] = tuple(t for t in SMALL_TILES if all(    # the tile's rows first and last
+            torch.equal(fn(*(p[start:start + t] for p in probe)), full[start:start + t])
+            for start in (0, TILE_ROWS - t)))
     return _same_as_full_tile[key]
 
 
