@@ -217,6 +217,11 @@ class TextStream:
         ready = len(text.rstrip("\ufffd")) - self.hold
         return self._release(ready)
 
+    @property
+    def released_text(self) -> str:
+        """All the text released so far."""
+        return self.text[:self.released]
+
     def flush(self) -> str:
         """The rest of the text, at the end of the request."""
         return self._release(len(self.text))

@@ -230,7 +230,6 @@ class ApiServer:
             run.token_ids += delta.token_ids
             self.metrics.tokens.inc(len(delta.token_ids))
             text = run.text.add(delta.token_ids)
-            run.written += text
             entries = [self._logprob_entry(t, lp) for t, lp in zip(delta.token_ids, delta.logprobs)]
             if run.text.stopped:
                 run.finish_reason = "stop"
@@ -242,9 +241,7 @@ class ApiServer:
                     raise ApiError(503, f"the request was {delta.status.value} by the engine")
                 ended = bool(run.token_ids) and run.token_ids[-1] in self.end_token_ids and not run.spec.ignore_eos
                 run.finish_reason = "stop" if ended else "length"
-                rest = run.text.flush()
-                run.written += rest
-                yield text + rest, entries
+                yield text + run.text.flush(), entries
                 return
             yield text, entries
 
@@ -337,7 +334,6 @@ class _Run:
         self.timing: Timing | None = None
         self.finish_reason: str | None = None
         self.text_offset = 0
-        self.written = ""          # the text so far (grounding checks it)
 
     @property
     def object(self) -> str:
@@ -375,7 +371,8 @@ class _Run:
         nowhere in what the model was given (inference.api.explain); else nothing."""
         if self.spec.grounding_source is None:
             return {}
-        return {"grounding": {"ungrounded_numbers": ungrounded_numbers(self.written, self.spec.grounding_source)}}
+        numbers = ungrounded_numbers(self.text.released_text, self.spec.grounding_source)
+        return {"grounding": {"ungrounded_numbers": numbers}}
 
     def chunk(self, content: str | dict, entries: list | None, finish_reason: str | None) -> dict:
         choice = {"index": 0, "logprobs": self.logprobs(entries) if entries else None, "finish_reason": finish_reason}

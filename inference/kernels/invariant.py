@@ -41,10 +41,6 @@ SMALL_TILES = tuple(range(16, 256, 16))   # 16, 32, ..., 240
 QUERY_TILE = 64    # rows of every attention query tile, aligned to absolute positions
 
 
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """`t` with zero rows appended along dim 0 up to `rows`."""
     if t.shape[0] == rows:
@@ -118,32 +114,31 @@ def attend_tiles(requests: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     (positions [QUERY_TILE * k, QUERY_TILE * (k + 1))) attends keys [0, QUERY_TILE * (k + 1)); the tiles of one
     index from every request form one SDPA call."""
     outs = [torch.empty_like(q) for q, _, _ in requests]
-    by_tile: dict[int, list[int]] = {}
+    by_tile: dict[int, list[tuple[int, int, int]]] = {}     # tile index -> (request, first, last + 1 position)
     for i, (q, keys, _) in enumerate(requests):
         first, ctx = keys.shape[1] - q.shape[0], keys.shape[1]
         for k in range(first // QUERY_TILE, -(-ctx // QUERY_TILE)):
-            by_tile.setdefault(k, []).append(i)
+            by_tile.setdefault(k, []).append((i, max(k * QUERY_TILE, first), min((k + 1) * QUERY_TILE, ctx)))
     for k, members in by_tile.items():
         lo, width = k * QUERY_TILE, (k + 1) * QUERY_TILE
-        queries, keys, values, spans = [], [], [], []
-        for i in members:
+        queries, keys, values = [], [], []
+        for i, start, stop in members:
             q, key, value = requests[i]
-            first, ctx = key.shape[1] - q.shape[0], key.shape[1]
-            start, stop = max(lo, first), min(width, ctx)              # the tile's positions in this chunk
+            first = key.shape[1] - q.shape[0]
             tile = q.new_zeros(QUERY_TILE, *q.shape[1:])
             tile[start - lo:stop - lo] = q[start - first:stop - first]
             queries.append(tile)
             keys.append(_keys_to(key, width))
             values.append(_keys_to(value, width))
-            spans.append((i, start - first, stop - first, start - lo))
         device = outs[0].device
         mask = torch.arange(width, device=device)[None, :] <= torch.arange(lo, width, device=device)[:, None]
         o = F.scaled_dot_product_attention(torch.stack(queries).transpose(1, 2), torch.stack(keys),
                                            torch.stack(values), attn_mask=mask, scale=scale,
                                            enable_gqa=keys[0].shape[0] != queries[0].shape[1])
         o = o.transpose(1, 2)                                                     # [G, QUERY_TILE, Hq, D]
-        for g, (i, a, b, row) in enumerate(spans):
-            outs[i][a:b] = o[g, row:row + b - a]
+        for g, (i, start, stop) in enumerate(members):
+            first = requests[i][1].shape[1] - requests[i][0].shape[0]
+            outs[i][start - first:stop - first] = o[g, start - lo:stop - lo]
     return outs
 
 
