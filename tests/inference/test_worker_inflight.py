@@ -23,8 +23,9 @@ from streams.producer import make_producer
 from streams.settings import KafkaSettings
 from streams.topics import Topics
 
+from tests.inference.test_tiers import read_topic
+
 REQUESTS = 12
-TIMEOUT_S = 120.0
 
 
 class CountingScorer:
@@ -70,25 +71,11 @@ async def run_worker(kafka: KafkaSettings, model_dir: str) -> tuple[list, int, i
                 await producer.send_and_wait(kafka.topics.requests, encode(make_request(i)), partition=0)
         finally:
             await producer.stop()
-        forecasts = await read_forecasts(kafka)
+        forecasts = await read_topic(kafka, kafka.topics.forecasts, REQUESTS, decode_forecast)
         worker.stopping.set()
         await running
     committed = await committed_offset(kafka, cfg.group)
     return forecasts, scorer.most, committed
-
-
-async def read_forecasts(kafka: KafkaSettings) -> list:
-    consumer = AIOKafkaConsumer(kafka.topics.forecasts, **kafka.client_kwargs(), auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    out, deadline = [], time.monotonic() + TIMEOUT_S
-    try:
-        while len(out) < REQUESTS and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            out += [decode_forecast(r.value) for part in batch.values() for r in part]
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def committed_offset(kafka: KafkaSettings, group: str) -> int:
