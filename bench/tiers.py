@@ -2,10 +2,12 @@
 
 Every request a replay of a synthetic tape makes is answered three ways by the paged engine in this
 process: base-only (the tier policy's skips, the base tier's short prompt for the rest, on the base tier's
-engine: int8 weights by default where the CPU lacks native bf16, FINLLM_BASE_QUANT), deep-for-all (the deep prompt for every trigger, on
-the deep tier's engine: full precision by default, FINLLM_DEEP_QUANT) and tiered (the base tier, then the
-deep prompt for the forecasts the policy escalates), each with the model's shipped adapters, routes and
-fitted fusion weights as the demo serves them (`--no-adapters`: the base model alone). Quality: MCC and
+engine: the model's distilled student with its shipped adapters by default, FINLLM_BASE_MODEL; int8
+weights by default where the CPU lacks native bf16, FINLLM_BASE_QUANT), deep-for-all (the deep prompt for
+every trigger, on the deep tier's engine: the model itself at full precision by default, FINLLM_DEEP_QUANT)
+and tiered (the base tier, then the deep prompt for the forecasts the policy escalates), each tier with its
+model's shipped adapters, routes and fitted fusion weights as the workers serve them (`--no-adapters`: the
+model alone in both tiers). Quality: MCC and
 log-loss of the fused forecasts against the realised directions, with 95% cluster-bootstrap intervals.
 Throughput: triggers answered per second of engine time, all queued at once.
 
@@ -52,12 +54,14 @@ CONFIGS = ("base", "deep_all", "tiered")
 
 @dataclass(frozen=True, slots=True)
 class Tiers:
-    """The two tiers' scorers (one and the same when their settings agree), the policy between them, the fusion."""
+    """The two tiers' scorers (one and the same when their settings agree), the policy between them, and
+    each tier's fusion (the fitted weights of the adapters it serves)."""
 
     base: object
     deep: object
     policy: TierPolicy
-    fusion: FusionPolicy
+    fusion: FusionPolicy           # the base tier's
+    deep_fusion: FusionPolicy
 
     @property
     def engines(self) -> list:
@@ -77,13 +81,18 @@ def score(scorer, requests, tier: str, deadline_ns=None) -> tuple[dict, float]:
     return {res.request_id: res.probs for res in results}, time.perf_counter() - started
 
 
-def fused(requests, llm: dict, fusion: FusionPolicy) -> np.ndarray:
+def fused(requests, llm: dict, fusions: dict) -> np.ndarray:
+    """The fused forecasts [N, 3]; `llm`: {id: (probs or None, tier)}, each fused with its tier's weights."""
     out = []
     for r in requests:
-        probs = llm.get(r.id)
+        probs, tier = llm.get(r.id, (None, "base"))
         opinion = None if probs is None else Probs.normalised(*probs)
-        out.append(fuse(r.numeric, opinion, fusion.weights_for(r.adapter, bool(r.news_ids))).as_tuple())
+        out.append(fuse(r.numeric, opinion, fusions[tier].weights_for(r.adapter, bool(r.news_ids))).as_tuple())
     return np.asarray(out)
+
+
+def answered_by(answers: dict, tier: str) -> dict:
+    return {i: (p, tier) for i, p in answers.items()}
 
 
 def escalates(tiers: Tiers, request, probs) -> bool:
@@ -96,11 +105,12 @@ def escalates(tiers: Tiers, request, probs) -> bool:
 
 
 def run_tiered(tiers: Tiers, asked) -> tuple[dict, float, int]:
-    """The base tier, then the deep prompt for the escalated ones: {id: probs}, seconds, escalated count."""
+    """The base tier, then the deep prompt for the escalated ones: {id: (probs, tier)}, seconds, escalated count."""
     base, base_s = score(tiers.base, asked, "base")
     escalate = [r for r in asked if escalates(tiers, r, base.get(r.id))]
     deep, deep_s = score(tiers.deep, escalate, "deep")
-    return base | {i: p for i, p in deep.items() if p is not None}, base_s + deep_s, len(escalate)
+    answers = answered_by(base, "base") | answered_by({i: p for i, p in deep.items() if p is not None}, "deep")
+    return answers, base_s + deep_s, len(escalate)
 
 
 def poisson_arrivals(rate_per_s: float, duration_s: float, seed: int) -> list[float]:
@@ -201,19 +211,38 @@ def overload(tiers: Tiers, requests, rate_per_s: float, duration_s: float, deadl
     return {name: OverloadRun(tiers, name, deadline_ms * NS_PER_MS).run(stream).figures() for name in CONFIGS}
 
 
-def build_tiers(model: str | None, adapters: dict[str, str], policy: TierPolicy, fusion: FusionPolicy) -> Tiers:
-    """Each tier's engine with its quantisation (FINLLM_BASE_QUANT, default auto: int8 without native bf16; FINLLM_DEEP_QUANT, default
-    none) and the adapters the workers serve. No prefix cache: each configuration scores the same prompts
-    again (and the overload cycles them), so a cache would hand the later ones the earlier ones' work."""
+def build_tiers(model: str | None, adapters: dict[str, str], policy: TierPolicy) -> Tiers:
+    """Each tier's engine as its workers serve it: the deep tier the model with `adapters`; the base tier
+    the model and adapters `base_tier_env` picks (FINLLM_BASE_MODEL: by default the model's distilled
+    student with its shipped adapters), each with its quantisation (FINLLM_BASE_QUANT, default auto: int8
+    without native bf16; FINLLM_DEEP_QUANT, default none) and its adapters' fitted fusion weights. No prefix
+    cache: each configuration scores the same prompts again (and the overload cycles them), so a cache
+    would hand the later ones the earlier ones' work."""
+    from inference.adapters.shipped import base_tier_env, load_routing
     from inference.checkpoints import resolve_model_dir
     from inference.scorers.factory import build_scorer
+    from streams.settings import ROUTING_FILE_ENV
 
     quant = {tier: os.environ.get(setting, default) or "none" for tier, (setting, default) in TIER_QUANT.items()}
-    model_dir = resolve_model_dir(model)
-    deep = build_scorer("paged", model_dir, adapters=adapters, quant=quant["deep"], prefix_caching=False)
-    base = deep if quant["base"] == quant["deep"] else build_scorer("paged", model_dir, adapters=adapters,
-                                                                    quant=quant["base"], prefix_caching=False)
-    return Tiers(base, deep, policy, fusion)
+    routing = served_routing(model, adapters)
+    env = base_tier_env({k: v for k, v in os.environ.items() if k != "FINLLM_ADAPTER_PATHS"}
+                        | {"FINLLM_MODEL": model or ""} | ({ROUTING_FILE_ENV: str(routing.file)} if routing else {}))
+    base_model = env.get("FINLLM_MODEL") or None
+    base_adapters = ({n: str(p) for n, p in load_routing(env[ROUTING_FILE_ENV]).adapters.items()}
+                     if base_model != model and env.get(ROUTING_FILE_ENV) else adapters)
+    deep = build_scorer("paged", resolve_model_dir(model), adapters=adapters, quant=quant["deep"], prefix_caching=False)
+    same = base_model == model and quant["base"] == quant["deep"]
+    base = deep if same else build_scorer("paged", resolve_model_dir(base_model), adapters=base_adapters,
+                                          quant=quant["base"], prefix_caching=False)
+    return Tiers(base, deep, policy, FusionPolicy.from_env(base_adapters), FusionPolicy.from_env(adapters))
+
+
+def served_routing(model: str | None, adapters: dict[str, str]):
+    """The shipped routing of `model` when `adapters` are its shipped ones (None without adapters)."""
+    from inference.adapters.shipped import shipped_routing
+
+    routing = shipped_routing(model) if adapters else None
+    return routing if routing and {n: str(p) for n, p in routing.adapters.items()} == adapters else None
 
 
 def served(model: str | None, with_adapters: bool) -> tuple[AgentsConfig, dict[str, str]]:
@@ -257,19 +286,20 @@ def main() -> None:
     examples = build_examples(Tape.read(args.out / "tape"), cfg)
     y = label_array(examples)
     resamples = cluster_resamples(example_clusters(examples), 200 if args.quick else 1000, seed=0)
-    fusion = FusionPolicy.from_env(adapters)
-    tiers = build_tiers(args.model, adapters, TierPolicy.from_env(), fusion)
+    tiers = build_tiers(args.model, adapters, TierPolicy.from_env())
+    fusions = {"base": tiers.fusion, "deep": tiers.deep_fusion}
     requests, skipped = tiers.policy.plan([e.request for e in examples])
     asked = [r for r in requests if r.id not in skipped]
-    print(f"processor: {describe_processor()}; {len(requests)} triggers; model {tiers.deep.model_name}", flush=True)
+    print(f"processor: {describe_processor()}; {len(requests)} triggers; deep model {tiers.deep.model_name}; base "
+          f"model {tiers.base.model_name}", flush=True)
 
     for scorer, tier in ((tiers.base, "base"), (tiers.deep, "deep")):
         score(scorer, requests, tier)      # warm-up, not measured: a first pass over new shapes runs several times slower
     base, base_s = score(tiers.base, asked, "base")
     deep_all, deep_s = score(tiers.deep, requests, "deep")
     tiered, tiered_s, escalated = run_tiered(tiers, asked)
-    quality = {name: evaluate_forecast(fused(requests, llm, fusion), y, resamples)
-               for name, llm in (("base", base), ("deep_all", deep_all), ("tiered", tiered))}
+    answers = {"base": answered_by(base, "base"), "deep_all": answered_by(deep_all, "deep"), "tiered": tiered}
+    quality = {name: evaluate_forecast(fused(requests, llm, fusions), y, resamples) for name, llm in answers.items()}
     rps = {"base": len(requests) / base_s, "deep_all": len(requests) / deep_s, "tiered": len(requests) / tiered_s}
     print(f"quality: " + "; ".join(f"{k} MCC {v['mcc']:.3f} {[round(x, 3) for x in v['mcc_ci']]} log-loss "
                                     f"{v['logloss']:.3f}" for k, v in quality.items()) + f"; escalated {escalated}")
@@ -279,7 +309,8 @@ def main() -> None:
     for scorer in {id(s): s for s in tiers.engines}.values():
         scorer.close()
     result = {"triggers": len(requests), "processor": describe_processor(), "model": args.model or "default",
-              "adapters": sorted(adapters), "base_quant": tiers.base.engine.model.quant,
+              "adapters": sorted(adapters), "base_model": tiers.base.model_name,
+              "deep_model": tiers.deep.model_name, "base_quant": tiers.base.engine.model.quant,
               "deep_quant": tiers.deep.engine.model.quant,
               "deep_share": escalated / len(requests), "skipped_share": len(skipped) / len(requests),
               **{f"mcc_{k}": round(v["mcc"], 4) for k, v in quality.items()},

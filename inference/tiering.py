@@ -21,6 +21,13 @@ than `divergence_tv` in total variation), "low_confidence" (the model's most pro
 less than `low_confidence` probability) or "review" (it calls against a large move since its news).
 Only forecasts worth at least `min_escalation_value` escalate (a deep answer to a trigger without news
 cannot change much).
+
+The defaults suit the shipped base tier, SmolLM2's 8-layer student distilled from the deep tier
+(`finllm adapters distill`): its top probability is 0.36-0.43 on held-out triggers (median 0.39), so the
+0.40 bar flags its less sure half; and only fresh news on a numeric forecast near its most uncertain is
+worth 0.7 (one fresh item on a uniform forecast is worth 0.75). On the benchmark tapes 12-18% of triggers
+escalate (at the old 0.45 / 0.3, 80-92%: every answer of the student was "low confidence"), which keeps
+the deep tier, ten times dearer a trigger, to what it can serve (bench/RESULTS.md, "Tiers").
 """
 from __future__ import annotations
 
@@ -45,8 +52,8 @@ class TierPolicy:
     no_news: float = 0.1                 # relevance of a prompt without news
     old_news: float = 0.5                # relevance of news the previous forecast already saw
     divergence_tv: float = 0.35          # total variation beyond which differing directions diverge
-    low_confidence: float = 0.45         # the model's top probability below this is low confidence
-    min_escalation_value: float = 0.3    # forecasts worth less stay with the base answer
+    low_confidence: float = 0.40         # the model's top probability below this is low confidence
+    min_escalation_value: float = 0.7    # forecasts worth less stay with the base answer
     deep_deadline_ms: int = 20_000       # a deep request's answer is due this long after the escalation
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from inference.adapters.shipped import load_routing
+from inference.adapters.shipped import base_tier_env, load_routing
 from inference.adapters.watch import start_registry_watch
 from inference.fusion import FusionPolicy, fuse
 from inference.metrics import InferenceMetrics
@@ -82,7 +82,11 @@ class WorkerConfig:
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
+        """The worker's settings; a base-tier worker serves the base tier's model and adapters
+        (`base_tier_env`: FINLLM_BASE_MODEL)."""
         env, default = os.environ, cls()
+        if (env.get("FINLLM_TIER") or default.tier) == "base":
+            env = base_tier_env(dict(env))
         routed = load_routing(env[ROUTING_FILE_ENV]).adapters if env.get(ROUTING_FILE_ENV) else {}
         named = dict(tuple(p.split("=", 1)) for p in env.get("FINLLM_ADAPTER_PATHS", "").split(",") if p)
         adapters = tuple((name, str(path)) for name, path in (routed | named).items())

@@ -58,15 +58,21 @@ def train(tape_dir: Path, out: Path, model: str | None, task: str, rank: int, ep
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the base tier's adapter.")
 @model_option("--base")
 @click.option("--teacher", type=click.Path(exists=True, file_okay=False),
-              help="The deep tier's adapter (default: the base model alone); the student starts from it.")
+              help="The deep tier's adapter (default: the base model alone).")
+@click.option("--student", "student_model", help="The base tier's model, a registered name or a folder (default: "
+              "the one the model's registry entry names, e.g. smollm2-135m-l8 for smollm2-135m; else the model "
+              "itself, starting from the teacher's adapter).")
 @click.option("--rank", default=16, show_default=True)
 @click.option("--epochs", default=3, show_default=True)
 @click.option("--lr", "learning_rate", default=1e-3, show_default=True)
 @click.option("--test-fraction", default=0.2, show_default=True, help="Last share of the tape held out.")
 @click.option("--max-steps", type=int, help="Stop after this many optimiser steps.")
+@click.option("--bf16-lower/--no-bf16-lower", default=None,
+              help="Run the frozen layers under bfloat16 autocast (default: on for every model but tiny).")
 @click.option("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine).")
-def distill(tape_dir: Path, out: Path, model: str | None, teacher: str | None, rank: int, epochs: int,
-            learning_rate: float, test_fraction: float, max_steps: int | None, threads: int | None) -> None:
+def distill(tape_dir: Path, out: Path, model: str | None, teacher: str | None, student_model: str | None, rank: int,
+            epochs: int, learning_rate: float, test_fraction: float, max_steps: int | None,
+            bf16_lower: bool | None, threads: int | None) -> None:
     """Train the base tier's adapter (short prompt) to match the deep tier's label distribution (KL loss);
     report agreement and quality against the deep tier on the held-out part, with 95% intervals."""
     from agents.lab.distill import distill_from_tape
@@ -74,9 +80,14 @@ def distill(tape_dir: Path, out: Path, model: str | None, teacher: str | None, r
     from inference.adapters.train import TrainConfig
 
     set_threads(threads)
-    tcfg = TrainConfig(rank=rank, alpha=2.0 * rank, epochs=epochs, learning_rate=learning_rate, max_steps=max_steps)
+    from inference.checkpoints import registered_name
+
+    lower = registered_name(model) != "tiny" if bf16_lower is None else bf16_lower
+    tcfg = TrainConfig(rank=rank, alpha=2.0 * rank, epochs=epochs, learning_rate=learning_rate, max_steps=max_steps,
+                       bf16_lower=lower)
     try:
-        report = distill_from_tape(tape_dir, out, model, tcfg, teacher=teacher, test_fraction=test_fraction)
+        report = distill_from_tape(tape_dir, out, model, tcfg, teacher=teacher, student_model=student_model,
+                                   test_fraction=test_fraction)
     except TrainingError as error:
         raise click.ClickException(str(error)) from None
     click.echo(orjson.dumps({"out": str(out)} | report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())

@@ -52,7 +52,8 @@ def demo(out_dir: Path, tape: Path | None, speed: float | None, as_fast: bool, p
 def summary(report: dict) -> str:
     lat, revision_lat = report["latency_ms"], report["revision_latency_ms"]
     return "\n".join([
-        f"served by         {report['model']} ({report['engine']} engine, {report['dtype']}, "
+        f"served by         {', '.join(f'{t} tier {m}' for t, m in report.get('models', {}).items()) or report['model']} "
+        f"({report['engine']} engine, {report['dtype']}, "
         f"quantised {', '.join(f'{t} {q}' for t, q in report.get('quant', {}).items())}, "
         f"{report['model_threads']} model threads); workers ready in {report['startup_s']} s, "
         f"whole run {report['wall_s']} s",

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Iterator
 from agents.config import AgentsConfig
 from agents.offline import fired_triggers
 from agents.lab.report import build_report, forecasts_frame
-from inference.adapters.shipped import shipped_routing
+from inference.adapters.shipped import base_tier_env, shipped_routing
 from inference.engine.cpu import describe_processor
 from inference.tiering import tier_env
 from inference.worker import HTTP_PORT_ENV
@@ -104,7 +104,7 @@ def run_demo(opts: DemoOptions, alongside: Alongside | None = None) -> dict:
                               kafka.sasl_mechanism, kafka.sasl_username, kafka.sasl_password, kafka.ssl_cafile)
         result = asyncio.run(_pipeline(opts, tape, kafka, redis_url, expected, run_id, workdir, alongside))
     report = build_report(tape, cfg, expected, result) | {
-        "processor": describe_processor(), "model_threads": result["model_threads"],
+        "processor": describe_processor(), "model_threads": result["model_threads"], "models": result["models"],
         "dtype": os.environ.get("FINLLM_ENGINE_DTYPE") or "engine default for this processor",
         "quant": {tier: _resolved_quant(tier_env(tier, dict(os.environ))["FINLLM_ENGINE_QUANT"])
                   for tier in ("base", "deep")[:2 if opts.deep_tier else 1]},
@@ -161,7 +161,9 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
             "wire_revisions": len({(f.id, f.revision) for _, f in collector.copies}),
             "deadletters": collector.deadletter_reasons(), "replay": stats, "startup_s": startup_s,
             "exit_codes": exit_codes, "engine": opts.engine, "partitions": opts.partitions, "speed": opts.speed,
-            "topic_prefix": kafka.topics.prefix, "model_threads": int(env["FINLLM_TORCH_THREADS"])}
+            "topic_prefix": kafka.topics.prefix, "model_threads": int(env["FINLLM_TORCH_THREADS"]),
+            "models": {"base": base_tier_env(base_env).get("FINLLM_MODEL") or "default",
+                       **({"deep": env.get("FINLLM_MODEL") or "default"} if opts.deep_tier else {})}}
 
 
 async def _stop(task: asyncio.Task | None) -> Exception | None:

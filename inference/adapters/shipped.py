@@ -90,3 +90,32 @@ def write_routing(folder: str | Path, routing: Routing) -> Path:
     path = folder / ROUTING_NAME
     path.write_text(json.dumps(routing.to_json(folder), indent=2, sort_keys=True) + "\n")
     return path
+
+
+BASE_MODEL_ENV = "FINLLM_BASE_MODEL"
+
+
+def base_tier_env(env: dict[str, str]) -> dict[str, str]:
+    """The settings a base-tier worker serves with, from the pool's settings `env`: FINLLM_BASE_MODEL names
+    the base tier's model (a registered name or a folder; `same`: the served model, FINLLM_MODEL). Its
+    default, `auto`, is the student the served model's registry entry names (SmolLM2's first 8 layers for
+    `smollm2-135m`) with its shipped, distilled adapters, when the workers serve the served model's shipped
+    set (FINLLM_ROUTING_FILE is that set's file, and no FINLLM_ADAPTER_PATHS): adapters trained on the
+    served model do not fit another one, so a worker given its own adapters keeps the served model."""
+    from inference.checkpoints import base_tier_model
+
+    choice = env.get(BASE_MODEL_ENV) or "auto"
+    served = env.get("FINLLM_MODEL") or None
+    if choice == "same":
+        return dict(env)
+    if choice == "auto":
+        own, routed = shipped_routing(served), env.get(ROUTING_FILE_ENV)
+        uses_own = own is not None and routed and Path(routed).resolve() == own.file and not env.get("FINLLM_ADAPTER_PATHS")
+        choice = base_tier_model(served) if uses_own else None
+        if choice is None or shipped_routing(choice) is None:
+            return dict(env)
+    student = shipped_routing(choice)
+    out = dict(env, FINLLM_MODEL=choice)
+    if student is not None:
+        out[ROUTING_FILE_ENV] = str(student.file)
+    return out

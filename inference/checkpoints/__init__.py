@@ -6,9 +6,11 @@ file into a Hugging Face folder; `store`: the cache's staging, locking, manifest
 """
 from inference.checkpoints.gguf import MissingModelPackage, convert_gguf
 from inference.checkpoints.registry import (
+    BASE_TIER_MODEL,
     DEFAULT_MODEL,
     MODELS,
     ModelSpec,
+    base_tier_model,
     PromptSettings,
     ensure_named_model,
     model_spec,
@@ -37,7 +39,7 @@ from inference.checkpoints.tiny import (
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "TINY_MODEL_SEED", "MANIFEST_NAME", "MODELS", "RECIPE_VERSION", "SINGLE_TOKEN_WORDS",
+    "BASE_TIER_MODEL", "DEFAULT_MODEL", "base_tier_model", "TINY_MODEL_SEED", "MANIFEST_NAME", "MODELS", "RECIPE_VERSION", "SINGLE_TOKEN_WORDS",
     "WEIGHTS_NAME", "MissingModelPackage", "ModelBuildError", "ModelSpec", "PromptSettings", "build_model",
     "convert_gguf", "default_corpus", "tiny_model_dir", "ensure_model", "ensure_named_model", "model_fingerprint",
     "model_spec", "model_status", "prompt_settings", "read_manifest", "registered_name", "resolve_model_dir", "train_tokenizer",

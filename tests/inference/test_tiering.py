@@ -38,10 +38,10 @@ def test_route_skips_only_a_confident_forecast_without_new_news(numeric, new_new
 def test_escalation_reasons():
     value = POLICY.llm_value(UNSURE, True, 1)
     assert POLICY.escalation_reasons(Probs(0.2, 0.2, 0.6), Probs(0.7, 0.1, 0.2), False, value) == ("divergent",)
-    assert POLICY.escalation_reasons(UNSURE, Probs(0.4, 0.3, 0.3), False, value) == ("low_confidence",)
+    assert POLICY.escalation_reasons(UNSURE, Probs(0.38, 0.31, 0.31), False, value) == ("low_confidence",)
     assert POLICY.escalation_reasons(UNSURE, Probs(0.5, 0.3, 0.2), True, value) == ("review",)
     assert POLICY.escalation_reasons(UNSURE, Probs(0.6, 0.2, 0.2), False, value) == ()     # agrees, sure
-    assert POLICY.escalation_reasons(Probs(0.3, 0.3, 0.4), Probs(0.35, 0.3, 0.35), False, value) == \
+    assert POLICY.escalation_reasons(Probs(0.3, 0.3, 0.4), Probs(0.36, 0.3, 0.34), False, value) == \
         ("low_confidence",)      # different top direction but within the divergence threshold
 
 

@@ -19,7 +19,8 @@ def test_shipped_adapters_were_trained_on_the_model_built_here(model):
     wheel; if they did not, a machine with another CPU would serve another model and refuse every adapter."""
     served = model_fingerprint(resolve_model_dir(model))
     routing = shipped_routing(model)
-    assert len(routing.adapters) >= 4
+    # a full set per task and sector; a student's set (the base tier's) holds its distilled adapters
+    assert len(routing.adapters) >= (1 if MODELS[model].truncation else 4)
     for name, folder in routing.adapters.items():
         card = json.loads((folder / "card.json").read_text())
         assert card["base_model_hash"] == served, name
