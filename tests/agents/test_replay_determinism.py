@@ -5,7 +5,8 @@ left out; everything else (ids, probabilities of every component, news ids, adap
 byte for byte. The paged engine computes in its default dtype for this processor (bfloat16 where the CPU
 has native bf16, else float32) in batch-invariant mode, so which requests share a batch, or whether a
 prefix came from the cache, changes no bit of a request's logits. Run on the tiny fixture model and on the
-product's default model (SmolLM2-135M-Instruct with its shipped adapters).
+product's default model (SmolLM2-135M-Instruct with its shipped adapters in the deep tier, its distilled
+8-layer student in the base tier).
 
 Whether a forecast expires is a wall-clock outcome by design (its deadline), and a CPU without native bf16
 cannot answer the real model's triggers in time when the tape is replayed as fast as possible; so the test
@@ -51,5 +52,9 @@ def test_two_replays_at_different_speeds_and_partitions_are_byte_identical(tmp_p
     asked = frame.filter(pl.col("status") == "ok")
     assert asked["llm_p_up"].null_count() == 0 and frame["adapter"].null_count() == 0
     assert (frame["trigger"] == "news").sum() > 0 and frame["news_ids"].list.len().max() > 0
+    if model == "smollm2-135m":   # the base tier answers with the distilled student, the deep tier with the model
+        by_tier = {tier: set(part["model"]) for (tier,), part in frame.group_by("tier")}
+        assert {m.split("@")[0] for m in by_tier["base"]} == {"smollm2-135m-l8-v1"}, by_tier
+        assert {m.split("@")[0] for m in by_tier.get("deep", {"smollm2-135m-instruct-v1"})} == {"smollm2-135m-instruct-v1"}
     differing = [(a, b) for a, b in zip(slow, fast) if a != b]
     assert not differing, f"{len(differing)} forecasts differ, first:\n{differing[0][0]!r}\n{differing[0][1]!r}"
