@@ -1,5 +1,8 @@
 """Forecast latency during a real replay, alone and with an HTTP flood on the same inference worker.
 
+(One inference worker, no deep tier: the base tier's worker then serves HTTP too, with the whole model. With
+both tiers, the demo and docker compose serve HTTP from the deep tier's worker instead.)
+
 The whole pipeline of `finllm demo` (embedded Tansu broker and Redis, the agents and inference workers as
 processes, the tape replayed at `--speed`) runs the same synthetic tape twice, the inference worker
 serving its OpenAI-compatible API (`FINLLM_HTTP_PORT`) both times: once with no HTTP client, once with
@@ -81,8 +84,11 @@ def environment(**values: str):
 
 
 def run_once(workdir: Path, tape: Path, args, flood: Flood | None) -> tuple[dict, pl.DataFrame]:
+    # one inference worker, answering forecasts and HTTP alike: the case this measures (with a deep tier, the
+    # demo serves HTTP from the deep tier's worker, apart from the forecasts' first answers); serving HTTP,
+    # it keeps the whole model (inference.adapters.shipped.base_tier_env)
     opts = DemoOptions(workdir, tape, speed=args.speed, partitions=2, engine="paged", model=args.model,
-                       timeout_s=args.timeout_s)
+                       timeout_s=args.timeout_s, deep_tier=False)
     report = run_demo(opts, flood)
     return report, pl.read_parquet(workdir / "forecasts.parquet").select("id", "status", "total_ms")
 

@@ -133,13 +133,15 @@ async def _pipeline(opts: DemoOptions, tape: Tape, kafka: KafkaSettings, redis_u
     started, beside = time.monotonic(), None
     names = ["agents"] if opts.agents_workers == 1 else [f"agents-{i}" for i in range(opts.agents_workers)]
     workers = [WorkerProcess(name, "agents.worker", env, workdir) for name in names]
-    base_env = tier_env("base", env if opts.deep_tier else dict(env, FINLLM_ESCALATE="0"))  # no pool: no revisions
+    # the HTTP API (FINLLM_HTTP_PORT, when set) is served with the whole model: by the deep tier's worker, or
+    # by the base tier's when there is no deep tier (which then keeps the whole model: base_tier_env)
+    base_env = tier_env("base", {k: v for k, v in env.items() if k != HTTP_PORT_ENV} if opts.deep_tier
+                        else dict(env, FINLLM_ESCALATE="0"))                          # no pool: no revisions
     workers.append(WorkerProcess("inference", "inference.worker", base_env, workdir))
     if opts.deep_tier:     # the deep tier's own pool: escalated forecasts, full precision, the longer prompt;
         # its answers are revisions without a deadline, so on shared cores it runs only in the time nothing
         # else wants (SCHED_IDLE): it never slows the base tier's forecasts
-        deep_env = {k: v for k, v in env.items() if k != HTTP_PORT_ENV}    # the HTTP API is the base tier's
-        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", deep_env), workdir,
+        workers.append(WorkerProcess("inference-deep", "inference.worker", tier_env("deep", env), workdir,
                                      idle=True))
     try:
         for worker in workers:

@@ -101,12 +101,14 @@ def base_tier_env(env: dict[str, str]) -> dict[str, str]:
     default, `auto`, is the student the served model's registry entry names (SmolLM2's first 8 layers for
     `smollm2-135m`) with its shipped, distilled adapters, when the workers serve the served model's shipped
     set (FINLLM_ROUTING_FILE is that set's file, and no FINLLM_ADAPTER_PATHS): adapters trained on the
-    served model do not fit another one, so a worker given its own adapters keeps the served model."""
+    served model do not fit another one, so a worker given its own adapters keeps the served model; and so
+    does a worker that serves the HTTP API (FINLLM_HTTP_PORT): chats and explanations want the whole model,
+    not a student that only learnt to pick a direction label."""
     from inference.checkpoints import base_tier_model
 
     choice = env.get(BASE_MODEL_ENV) or "auto"
     served = env.get("FINLLM_MODEL") or None
-    if choice == "same":
+    if choice == "same" or (choice == "auto" and env.get("FINLLM_HTTP_PORT")):
         return dict(env)
     if choice == "auto":
         own, routed = shipped_routing(served), env.get(ROUTING_FILE_ENV)

@@ -62,7 +62,8 @@ def test_the_base_tier_serves_the_student_only_with_the_shipped_adapters(tmp_pat
     own = tmp_path / ROUTING_NAME
     own.write_text(open(shipped).read())
     for env in ({ROUTING_FILE_ENV: str(own)}, {}, {ROUTING_FILE_ENV: shipped, "FINLLM_ADAPTER_PATHS": "a=/x"},
-                {ROUTING_FILE_ENV: shipped, "FINLLM_BASE_MODEL": "same"}):
+                {ROUTING_FILE_ENV: shipped, "FINLLM_BASE_MODEL": "same"},
+                {ROUTING_FILE_ENV: shipped, "FINLLM_HTTP_PORT": "8000"}):      # the HTTP API: the whole model
         assert base_tier_env(env) == env
     # a model without a student
     tiny = {ROUTING_FILE_ENV: str(shipped_routing("tiny").file), "FINLLM_MODEL": "tiny"}

@@ -170,5 +170,8 @@ def test_the_deep_tier_is_its_own_pool_at_full_precision(services) -> None:
         base_env, deep_env = services[base]["environment"], services[deep]["environment"]
         assert (base_env["FINLLM_TIER"], deep_env["FINLLM_TIER"]) == ("base", "deep")
         assert base_env["FINLLM_ENGINE_QUANT"] == "auto" and deep_env["FINLLM_ENGINE_QUANT"] == ""
-        assert services[deep]["command"] == services[base]["command"] and not services[deep].get("ports")
+        assert services[deep]["command"] == services[base]["command"] and not services[base].get("ports")
+        # the base tier serves the distilled student; the HTTP API wants the whole model: the deep tier's
+        assert base_env["FINLLM_BASE_MODEL"] == "auto" and base_env["FINLLM_HTTP_PORT"] == ""
+        assert deep_env["FINLLM_HTTP_PORT"] and services[deep]["ports"]
     assert services["inference-deep-cpu"]["profiles"] == ["cpu"]
