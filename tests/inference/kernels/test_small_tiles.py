@@ -38,3 +38,30 @@ def test_linear_rows_match_whatever_the_step_size():
     whole = invariant.linear(x, weight)
     for rows in (4, 17, 100, 256, 270):
         assert torch.equal(invariant.linear(x[:rows], weight)[3], whole[3])
+
+
+def test_attention_rows_are_the_same_in_a_compact_call_as_in_the_whole_tile():
+    """A decode row, or a chunk's few rows, are computed in a call of a few rows (each request masked by its
+    own positions) and come out bit-identical to the same rows computed with the whole position-aligned tile
+    (a prompt that fills it), for both dtypes the CPU engine computes in."""
+    for dtype in (torch.float32, torch.bfloat16):
+        gen = torch.Generator().manual_seed(3)
+        ctx = 150                                              # tile 2: positions [128, 192)
+        keys, values = (torch.randn(3, ctx, 64, generator=gen).to(dtype) for _ in range(2))
+        q = torch.randn(ctx, 9, 64, generator=gen).to(dtype)
+        whole = invariant.attend_tiles([(q, keys, values)], 0.125)[0]            # every tile whole or compact
+        decode = invariant.attend_tiles([(q[-1:], keys, values)], 0.125)[0]     # one row: a compact call
+        chunk = invariant.attend_tiles([(q[-7:], keys[:, :ctx], values[:, :ctx]),
+                                        (q[ctx - 4:ctx - 3], keys[:, :ctx - 3], values[:, :ctx - 3])], 0.125)
+        assert invariant.compact_rows(1, 192, q[-1:], keys, 0.125) < invariant.QUERY_TILE
+        assert torch.equal(decode[0], whole[-1]) and torch.equal(chunk[0], whole[-7:])
+        assert torch.equal(chunk[1][0], invariant.attend_tiles([(q[:ctx - 3], keys[:, :ctx - 3],
+                                                                 values[:, :ctx - 3])], 0.125)[0][-1])
+
+
+def test_a_query_size_that_computes_rows_differently_is_never_used(monkeypatch):
+    """Where the probe finds no compact size identical to the whole tile, calls keep the whole tile."""
+    monkeypatch.setattr(invariant, "_probe_query_sizes", lambda *args: ())
+    monkeypatch.setattr(invariant, "_same_as_full_query", {})
+    q, keys = torch.randn(1, 9, 64), torch.randn(3, 100, 64)
+    assert invariant.compact_rows(1, 128, q, keys, 0.125) == invariant.QUERY_TILE
