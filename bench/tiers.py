@@ -211,24 +211,24 @@ def overload(tiers: Tiers, requests, rate_per_s: float, duration_s: float, deadl
     return {name: OverloadRun(tiers, name, deadline_ms * NS_PER_MS).run(stream).figures() for name in CONFIGS}
 
 
-def build_tiers(model: str | None, adapters: dict[str, str], policy: TierPolicy) -> Tiers:
-    """Each tier's engine as its workers serve it: the deep tier the model with `adapters`; the base tier
-    the model and adapters `base_tier_env` picks (FINLLM_BASE_MODEL: by default the model's distilled
-    student with its shipped adapters), each with its quantisation (FINLLM_BASE_QUANT, default auto: int8
-    without native bf16; FINLLM_DEEP_QUANT, default none) and its adapters' fitted fusion weights. No prefix
-    cache: each configuration scores the same prompts again (and the overload cycles them), so a cache
-    would hand the later ones the earlier ones' work."""
-    from inference.adapters.shipped import base_tier_env, load_routing
+def build_tiers(model: str | None, routing, policy: TierPolicy) -> Tiers:
+    """Each tier's engine as its workers serve it: the deep tier the model with `routing`'s adapters (its
+    shipped set; None: none); the base tier the model and adapters `base_tier_env` picks (FINLLM_BASE_MODEL:
+    by default the model's distilled student with its shipped adapters), each with its quantisation
+    (FINLLM_BASE_QUANT, default auto: int8 without native bf16; FINLLM_DEEP_QUANT, default none) and its
+    adapters' fitted fusion weights. No prefix cache: each configuration scores the same prompts again (and
+    the overload cycles them), so a cache would hand the later ones the earlier ones' work."""
+    from inference.adapters.shipped import BASE_MODEL_ENV, base_tier_env, load_routing
     from inference.checkpoints import resolve_model_dir
     from inference.scorers.factory import build_scorer
     from streams.settings import ROUTING_FILE_ENV
 
     quant = {tier: os.environ.get(setting, default) or "none" for tier, (setting, default) in TIER_QUANT.items()}
-    routing = served_routing(model, adapters)
-    env = base_tier_env({k: v for k, v in os.environ.items() if k != "FINLLM_ADAPTER_PATHS"}
-                        | {"FINLLM_MODEL": model or ""} | ({ROUTING_FILE_ENV: str(routing.file)} if routing else {}))
-    base_model = env.get("FINLLM_MODEL") or None
-    base_adapters = ({n: str(p) for n, p in load_routing(env[ROUTING_FILE_ENV]).adapters.items()}
+    adapters = adapter_paths(routing)
+    chosen = {BASE_MODEL_ENV: os.environ[BASE_MODEL_ENV]} if os.environ.get(BASE_MODEL_ENV) else {}
+    env = base_tier_env({"FINLLM_MODEL": model or "", **(routing.env() if routing else {}), **chosen})
+    base_model = env["FINLLM_MODEL"] or None
+    base_adapters = (adapter_paths(load_routing(env[ROUTING_FILE_ENV]))
                      if base_model != model and env.get(ROUTING_FILE_ENV) else adapters)
     deep = build_scorer("paged", resolve_model_dir(model), adapters=adapters, quant=quant["deep"], prefix_caching=False)
     same = base_model == model and quant["base"] == quant["deep"]
@@ -237,25 +237,21 @@ def build_tiers(model: str | None, adapters: dict[str, str], policy: TierPolicy)
     return Tiers(base, deep, policy, FusionPolicy.from_env(base_adapters), FusionPolicy.from_env(adapters))
 
 
-def served_routing(model: str | None, adapters: dict[str, str]):
-    """The shipped routing of `model` when `adapters` are its shipped ones (None without adapters)."""
-    from inference.adapters.shipped import shipped_routing
-
-    routing = shipped_routing(model) if adapters else None
-    return routing if routing and {n: str(p) for n, p in routing.adapters.items()} == adapters else None
+def adapter_paths(routing) -> dict[str, str]:
+    """A routing's adapters, name -> folder (none without a routing)."""
+    return {name: str(path) for name, path in routing.adapters.items()} if routing else {}
 
 
-def served(model: str | None, with_adapters: bool) -> tuple[AgentsConfig, dict[str, str]]:
-    """The agents' settings and the adapters (name -> folder) of the model's shipped set, as the demo serves
-    them; without adapters, the base model alone."""
+def served(model: str | None, with_adapters: bool):
+    """The agents' settings and the model's shipped routing (adapters, routes), as the demo serves them;
+    without adapters, the base model alone (routing None)."""
     from inference.adapters.shipped import shipped_routing
 
     cfg = AgentsConfig.from_env()
     routing = shipped_routing(model) if with_adapters else None
     if routing is None:
-        return cfg, {}
-    cfg = replace(cfg, adapters=dict(routing.routes), default_adapter=routing.default)
-    return cfg, {name: str(path) for name, path in routing.adapters.items()}
+        return cfg, None
+    return replace(cfg, adapters=dict(routing.routes), default_adapter=routing.default), routing
 
 
 def parse_args() -> argparse.Namespace:
@@ -278,7 +274,8 @@ def main() -> None:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    cfg, adapters = served(args.model, not args.no_adapters)
+    cfg, routing = served(args.model, not args.no_adapters)
+    adapters = adapter_paths(routing)
     deadline_ms = args.deadline_ms or cfg.deadline_ms
     overload_s = args.overload_s or deadline_ms / 1e3 * (3 if args.quick else 6)
     symbols, minutes = (2, 20) if args.quick else (8, 120)
@@ -286,7 +283,7 @@ def main() -> None:
     examples = build_examples(Tape.read(args.out / "tape"), cfg)
     y = label_array(examples)
     resamples = cluster_resamples(example_clusters(examples), 200 if args.quick else 1000, seed=0)
-    tiers = build_tiers(args.model, adapters, TierPolicy.from_env())
+    tiers = build_tiers(args.model, routing, TierPolicy.from_env())
     fusions = {"base": tiers.fusion, "deep": tiers.deep_fusion}
     requests, skipped = tiers.policy.plan([e.request for e in examples])
     asked = [r for r in requests if r.id not in skipped]

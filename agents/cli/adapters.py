@@ -20,6 +20,10 @@ def adapters() -> None:
     """Train LoRA adapters on tapes; register them for running inference workers (hot-load)."""
 
 
+BF16_LOWER_OPTION = click.option("--bf16-lower/--no-bf16-lower", default=None, help="Run the frozen layers under "
+                                 "bfloat16 autocast (default: on for every model but tiny).")
+
+
 @adapters.command()
 @click.option("--tape", "tape_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the PEFT adapter + card.json.")
@@ -67,8 +71,7 @@ def train(tape_dir: Path, out: Path, model: str | None, task: str, rank: int, ep
 @click.option("--lr", "learning_rate", default=1e-3, show_default=True)
 @click.option("--test-fraction", default=0.2, show_default=True, help="Last share of the tape held out.")
 @click.option("--max-steps", type=int, help="Stop after this many optimiser steps.")
-@click.option("--bf16-lower/--no-bf16-lower", default=None,
-              help="Run the frozen layers under bfloat16 autocast (default: on for every model but tiny).")
+@BF16_LOWER_OPTION
 @click.option("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine).")
 def distill(tape_dir: Path, out: Path, model: str | None, teacher: str | None, student_model: str | None, rank: int,
             epochs: int, learning_rate: float, test_fraction: float, max_steps: int | None,
@@ -80,11 +83,8 @@ def distill(tape_dir: Path, out: Path, model: str | None, teacher: str | None, s
     from inference.adapters.train import TrainConfig
 
     set_threads(threads)
-    from inference.checkpoints import registered_name
-
-    lower = registered_name(model) != "tiny" if bf16_lower is None else bf16_lower
     tcfg = TrainConfig(rank=rank, alpha=2.0 * rank, epochs=epochs, learning_rate=learning_rate, max_steps=max_steps,
-                       bf16_lower=lower)
+                       bf16_lower=_bf16_lower(model, bf16_lower))
     try:
         report = distill_from_tape(tape_dir, out, model, tcfg, teacher=teacher, student_model=student_model,
                                    test_fraction=test_fraction)
@@ -99,8 +99,7 @@ def distill(tape_dir: Path, out: Path, model: str | None, teacher: str | None, s
 @model_option()
 @click.option("--train-every", default=1, show_default=True,
               help="Train on every n-th training example only (held-out parts stay whole).")
-@click.option("--bf16-lower/--no-bf16-lower", default=None,
-              help="Run the frozen layers under bfloat16 autocast (default: on for every model but tiny).")
+@BF16_LOWER_OPTION
 @click.option("--threads", type=int, default=1, show_default=True)
 def build_defaults(out: Path | None, model: str | None, train_every: int, bf16_lower: bool | None,
                    threads: int) -> None:
@@ -115,10 +114,9 @@ def build_defaults(out: Path | None, model: str | None, train_every: int, bf16_l
     if out is None and name is None:
         raise click.UsageError(f"{model} is not a registered model: say where the adapters go with --out")
     out = (out or shipped_dir(name)).resolve()
-    tiny = name == "tiny"
     try:
         made = build_default_adapters(out, lambda line: click.echo(line, err=True), model, train_every=train_every,
-                                      bf16_lower=not tiny if bf16_lower is None else bf16_lower)
+                                      bf16_lower=_bf16_lower(model, bf16_lower))
     except TrainingError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{len(made)} adapters and routing.json in {out}")
@@ -208,3 +206,10 @@ def _with_registry(redis_url: str | None, prefix: str, action):
             await registry.close()
 
     return asyncio.run(run())
+
+
+def _bf16_lower(model: str | None, chosen: bool | None) -> bool:
+    """Whether the frozen layers run under bfloat16 autocast: as chosen, else for every model but tiny."""
+    from inference.checkpoints import registered_name
+
+    return registered_name(model) != "tiny" if chosen is None else chosen

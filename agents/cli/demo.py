@@ -13,8 +13,8 @@ from agents.cli.options import bootstrap_option, model_option, redis_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--tape", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Tape folder (default: the bundled sample tape).")
-@click.option("--speed", type=float, help="Replay at this multiple of real time (default: 30 on CPUs with AMX or "
-              "a GPU, else 15; see README \"Quick start\").")
+@click.option("--speed", type=float, help="Replay at this multiple of real time (default: 30 on CPUs with native "
+              "bf16, AMX or AVX-512 bf16, or a GPU, else 15; see README \"Quick start\").")
 @click.option("--max", "as_fast", is_flag=True, help="Replay as fast as possible (latency then includes backlog).")
 @click.option("--partitions", default=4, show_default=True)
 @bootstrap_option("Use this Kafka instead of the embedded broker.")

@@ -130,7 +130,7 @@ def attend_tiles(requests: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
         lo, width = k * QUERY_TILE, (k + 1) * QUERY_TILE
         q0, k0 = requests[members[0][0]][0], requests[members[0][0]][1]
         size = compact_rows(max(stop - start for _, start, stop in members), width, q0, k0, scale)
-        queries, keys, values, positions = [], [], [], []
+        queries, keys, values, positions, spans = [], [], [], [], []
         for i, start, stop in members:
             q, key, value = requests[i]
             first = key.shape[1] - q.shape[0]
@@ -141,15 +141,14 @@ def attend_tiles(requests: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
             positions.append(torch.arange(at, at + size, device=device).clamp(max=width - 1))
             keys.append(_keys_to(key, width))
             values.append(_keys_to(value, width))
+            spans.append((i, slice(start - first, stop - first), slice(start - at, stop - at)))
         mask = torch.arange(width, device=device)[None, None, :] <= torch.stack(positions)[:, :, None]
         o = F.scaled_dot_product_attention(torch.stack(queries).transpose(1, 2), torch.stack(keys),
                                            torch.stack(values), attn_mask=mask[:, None], scale=scale,
                                            enable_gqa=keys[0].shape[0] != queries[0].shape[1])
         o = o.transpose(1, 2)                                                     # [G, size, Hq, D]
-        for g, (i, start, stop) in enumerate(members):
-            first = requests[i][1].shape[1] - requests[i][0].shape[0]
-            at = lo if size == QUERY_TILE else start
-            outs[i][start - first:stop - first] = o[g, start - at:stop - at]
+        for g, (i, into, rows) in enumerate(spans):
+            outs[i][into] = o[g, rows]
     return outs
 
 
