@@ -105,21 +105,43 @@ def build_defaults(out: Path | None, model: str | None, train_every: int, bf16_l
                    threads: int) -> None:
     """Rebuild the shipped adapters: per task, one over all sectors, then one per sector started from it;
     each card holds the fusion weights fitted on its held-out part."""
-    from agents.lab.training import TrainingError, build_default_adapters, set_threads
+    from agents.lab.training import build_default_adapters
+
+    made, out = _on_shipped_set(out, model, threads, lambda folder, log: build_default_adapters(
+        folder, log, model, train_every=train_every, bf16_lower=_bf16_lower(model, bf16_lower)))
+    click.echo(f"{len(made)} adapters and routing.json in {out}")
+
+
+def _on_shipped_set(out: Path | None, model: str | None, threads: int, work) -> tuple[dict, Path]:
+    """`work(folder, log)` on the adapter set of `model` in `out` (default: the model's shipped folder), with
+    `threads` torch threads and each log line on stderr; a training error becomes a clean CLI error."""
+    from agents.lab.training import TrainingError, set_threads
     from inference.adapters.shipped import shipped_dir
     from inference.checkpoints import registered_name
 
     set_threads(threads)
     name = registered_name(model)
     if out is None and name is None:
-        raise click.UsageError(f"{model} is not a registered model: say where the adapters go with --out")
+        raise click.UsageError(f"{model} is not a registered model: name its adapters' folder with --out")
     out = (out or shipped_dir(name)).resolve()
     try:
-        made = build_default_adapters(out, lambda line: click.echo(line, err=True), model, train_every=train_every,
-                                      bf16_lower=_bf16_lower(model, bf16_lower))
+        return work(out, lambda line: click.echo(line, err=True)), out
     except TrainingError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"{len(made)} adapters and routing.json in {out}")
+
+
+@adapters.command(name="refit-fusion")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Default: the model's shipped folder, inference/data/adapters/<model name>.")
+@model_option()
+@click.option("--threads", type=int, default=2, show_default=True)
+def refit_fusion(out: Path | None, model: str | None, threads: int) -> None:
+    """Refit the fusion weights in the shipped adapters' cards on their held-out parts, without training them
+    again (after a change to the fit), and rewrite routing.json by the same trust rule as build-defaults."""
+    from agents.lab.training import refit_default_fusion
+
+    made, out = _on_shipped_set(out, model, threads, lambda folder, log: refit_default_fusion(folder, log, model))
+    click.echo(f"{len(made)} cards refitted and routing.json rewritten in {out}")
 
 
 # ------------------------------------------------------------------ registry

@@ -144,12 +144,8 @@ def build_default_adapters(out: Path, log: Callable[[str], None], model: str | N
     from inference.adapters.shipped import Routing, write_routing
     from inference.adapters.train import InputCache, TrainConfig
 
-    cfg, model_dir = AgentsConfig(), _model_dir(model)
-    tape = synth_tape(**DEFAULT_TRAIN_TAPE)
-    tape_name = "synth_tape({symbols}, {minutes}, seed={seed})".format(**DEFAULT_TRAIN_TAPE)
-    requests = requests_from_tape(tape, cfg)
-    splits = {task: _thinned(split_by_time(label_requests(tape, requests, cfg, task), 0.2, cfg.horizon_s), train_every)
-              for task in ("sentiment", "direction")}
+    model_dir = _model_dir(model)
+    splits = {task: _thinned(split, train_every) for task, split in _default_splits().items()}
     cache, made = InputCache(), {}
     base = TrainConfig(rank=16, alpha=32, bf16_lower=bf16_lower)
     for task, first, then in (("sentiment", replace(base, epochs=20, learning_rate=3e-3),
@@ -160,10 +156,67 @@ def build_default_adapters(out: Path, log: Callable[[str], None], model: str | N
         for sector, symbols in {"all": None, **SECTORS}.items():
             name = f"{task}-{sector}"
             made[name] = _build(model_dir, _sector(splits[task], symbols), out / name, first if symbols is None else then,
-                                task, tape_name, init if symbols is None else str(made[f"{task}-all"]), log, cache,
-                                _sector(splits["direction"], symbols).test)
-    write_routing(out, Routing(made, trusted_routes(made), f"{ROUTED_TASK}-all", SECTORS, ROUTED_TASK))
+                                task, DEFAULT_TRAIN_TAPE_NAME, init if symbols is None else str(made[f"{task}-all"]),
+                                log, cache, _sector(splits["direction"], symbols).test)
+    _write_default_routing(out, made)
     return made
+
+
+DEFAULT_TRAIN_TAPE_NAME = "synth_tape({symbols}, {minutes}, seed={seed})".format(**DEFAULT_TRAIN_TAPE)
+
+
+def _default_splits() -> dict[str, Split]:
+    """The shipped adapters' examples per task, split by time: the last 20% of the default training tape held out."""
+    cfg = AgentsConfig()
+    tape = synth_tape(**DEFAULT_TRAIN_TAPE)
+    requests = requests_from_tape(tape, cfg)
+    return {task: split_by_time(label_requests(tape, requests, cfg, task), 0.2, cfg.horizon_s)
+            for task in ("sentiment", "direction")}
+
+
+def _write_default_routing(out: Path, made: dict[str, Path]) -> None:
+    from inference.adapters.shipped import Routing, write_routing
+
+    write_routing(out, Routing(made, trusted_routes(made), f"{ROUTED_TASK}-all", SECTORS, ROUTED_TASK))
+
+
+def refit_default_fusion(out: Path, log: Callable[[str], None], model: str | None = None) -> dict[str, Path]:
+    """Refit the `fusion` of every adapter in the shipped folder `out` (built by `build_default_adapters` for
+    base `model`) on the held-out part it was fitted on at build time (its card's symbols, the default tape's
+    last 20%), without training it again, and rewrite routing.json by the same trust rule. For when the
+    fusion's fit changes; returns adapter name -> folder."""
+    from inference.adapters.cards import read_card
+    from inference.adapters.shipped import load_routing
+    from inference.adapters.train import InputCache, LabelHeadTrainer, TrainConfig, write_card
+
+    model_dir, direction = _model_dir(model), _default_splits()["direction"]
+    made = dict(load_routing(out).adapters)
+    cache = InputCache()
+    for name, folder in made.items():
+        card = read_card(folder)
+        if card.get("data", {}).get("tape") != DEFAULT_TRAIN_TAPE_NAME:
+            raise TrainingError(f"{name} was not trained on the default tape ({card.get('data', {}).get('tape')}): "
+                                f"refit it where it was built")
+        tcfg = TrainConfig(rank=card["rank"], alpha=card["alpha"], **card["train_config"])
+        trainer = LabelHeadTrainer(model_dir, tcfg, folder)
+        before = card.get("fusion")
+        card["fusion"] = fit_fusion(trainer, cache, _sector(direction, tuple(card["data"]["symbols"])).test,
+                                    read_card_fusion(card.get("init_from")) if _exists(card.get("init_from")) else None)
+        write_card(folder, card)
+        log(f"{name}: fusion {_brief(before)} -> {_brief(card['fusion'])}")
+    _write_default_routing(out, made)
+    return made
+
+
+def _exists(path: str | None) -> bool:
+    return bool(path) and Path(path).is_dir()
+
+
+def _brief(fusion: dict | None) -> str:
+    if not fusion:
+        return "-"
+    return ", ".join(f"{side} {w['numeric']:.2f}/{w['llm']:.2f}" + (f" b {w['bias']}" if "bias" in w else "")
+                     for side, w in ((side, fusion[side]) for side in ("news", "no_news")))
 
 
 def trusted_routes(made: dict[str, Path]) -> dict[str, str]:

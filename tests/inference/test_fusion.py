@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inference.fusion import (NUMERIC_ONLY, AdapterFusion, FusionPolicy, FusionWeights, fit_discounted, fit_weights,
-                              fuse, fuse_arrays, fused_logloss, total_variation)
+                              fuse, fuse_arrays, fused_logloss, mean_logloss, total_variation)
 from inference.scorers.base import ScoreResult
 from inference.worker import make_forecast
 from schemas import InferenceRequest, Probs
@@ -22,7 +22,53 @@ def test_fuse_is_a_weighted_product_of_experts():
     assert fuse(NUMERIC, llm, FusionWeights(1.0, 0.0)).as_tuple() == pytest.approx(NUMERIC.as_tuple())
     assert fuse(NUMERIC, None, FusionWeights()) == NUMERIC
     with pytest.raises(ValueError):
-        FusionWeights(0.0, 0.0)
+        FusionWeights(-0.1, 1.0)
+    with pytest.raises(ValueError):
+        FusionWeights(1.0, 1.0, (0.0, 0.0))                                  # one bias per label
+
+
+def test_fuse_adds_each_labels_bias_to_its_log_odds():
+    llm = Probs(0.5, 0.3, 0.2)
+    fused = fuse(NUMERIC, llm, FusionWeights(0.0, 1.0, (0.0, math.log(2.0), 0.0)))
+    assert fused.as_tuple() == pytest.approx([0.5 / 1.3, 0.6 / 1.3, 0.2 / 1.3])
+    prior = fuse(NUMERIC, llm, FusionWeights(0.0, 0.0, (math.log(3.0), 0.0, 0.0)))   # no component: the prior
+    assert prior.as_tuple() == pytest.approx([0.6, 0.2, 0.2])
+
+
+def test_fit_weights_recovers_the_stack_that_drew_the_labels():
+    """Labels drawn from a known stack (an LLM with skill and the wrong prior, a numeric forecast with a
+    prior and no direction); the fit finds its weights and biases again."""
+    rng = np.random.default_rng(7)
+    n = 20000
+    numeric = rng.dirichlet([8.0, 8.0, 5.0], n)
+    llm = rng.dirichlet([2.0, 2.0, 2.0], n)
+    truth = FusionWeights(0.5, 1.2, (0.4, -0.3, 0.0))
+    p = fuse_arrays(numeric, llm, truth)
+    y = (rng.random(n)[:, None] > p.cumsum(axis=1)).sum(axis=1)
+    fitted, loss = fit_weights(numeric, llm, y)
+    assert fitted.numeric == pytest.approx(0.5, abs=0.1) and fitted.llm == pytest.approx(1.2, abs=0.1)
+    assert np.asarray(fitted.bias) == pytest.approx([0.4, -0.3, 0.0], abs=0.1)
+    assert loss < mean_logloss(fuse_arrays(numeric, llm, FusionWeights(0.5, 1.2)), y)      # the biases count
+    alone, _ = fit_weights(numeric, llm, y, use_llm=False)
+    assert alone.llm == 0.0 and alone.numeric > 0
+
+
+def test_fit_weights_keeps_an_llms_argmax_that_a_numeric_prior_would_move():
+    """The numeric forecast knows the label shares and nothing else; the LLM knows the direction but says
+    "flat" too often. The stack takes the prior from its biases and keeps the LLM's ranking."""
+    rng = np.random.default_rng(8)
+    n = 6000
+    y = rng.choice(3, n, p=[0.4, 0.4, 0.2])
+    numeric = np.tile([0.4, 0.4, 0.2], (n, 1)) + rng.normal(0, 0.01, (n, 3))
+    numeric /= numeric.sum(axis=1, keepdims=True)
+    seen = np.where(rng.random(n) < 0.5, y, rng.integers(0, 3, n))
+    llm = np.tile([0.3, 0.3, 0.4], (n, 1))
+    llm[np.arange(n), seen] += 0.3
+    llm /= llm.sum(axis=1, keepdims=True)
+    fitted, _ = fit_weights(numeric, llm, y)
+    fused = fuse_arrays(numeric, llm, fitted)
+    assert (fused.argmax(axis=1) == seen).mean() > 0.99            # the LLM's pick, less its "flat" habit
+    assert mean_logloss(fused, y) < min(mean_logloss(numeric, y), mean_logloss(llm, y))
 
 
 def test_fused_logloss_prefers_the_informative_expert():
@@ -134,6 +180,10 @@ def test_policy_weights_per_adapter_and_news():
     forced = FusionPolicy(FusionWeights(0.5, 0.5), adapters={"sent": fitted}, override=True)
     assert forced.weights_for("sent", False) == FusionWeights(0.5, 0.5)
     assert AdapterFusion.from_json(fitted.to_json() | {"fit": {}}) == fitted
+    biased = AdapterFusion(FusionWeights(0.1, 0.5, (0.25, 0.5, 0.0)))
+    assert AdapterFusion.from_json(json.loads(json.dumps(biased.to_json()))) == biased
+    older = {side: {"numeric": 0.4, "llm": 1.2} for side in ("news", "no_news")}    # a card from before the biases
+    assert AdapterFusion.from_json(older).news == FusionWeights(0.4, 1.2)
 
 
 def test_policy_reads_the_cards_and_the_environment(tmp_path, monkeypatch):

@@ -65,3 +65,38 @@ def test_routes_go_to_a_sector_adapter_only_when_its_fusion_fit_trusts_it(tmp_pa
     assert {routes[s] for s in SECTORS["healthcare"]} == {"direction-healthcare"}   # no fit: as before
     write_card(made["direction-all"], {"fusion": {"news": {"numeric": 1.0, "llm": 0.0}}})
     assert {trusted_routes(made)[s] for s in SECTORS["consumer"]} == {"direction-consumer"}  # nothing trusted
+
+
+def test_refit_fusion_rewrites_each_cards_fit_on_its_held_out_part_and_the_routing(tmp_path):
+    """The tiny model's shipped set, copied: every card gets a fusion fitted on the rows it was held out on
+    (its symbols, the default tape's last 20%), with one bias per label; the routing is rewritten by the trust
+    rule; the adapters' weights stay as they were. A card trained on another tape is refused."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from agents.cli import cli
+    from agents.lab.training import trusted_routes
+    from inference.adapters.cards import read_card
+    from inference.adapters.shipped import SHIPPED_DIR, load_routing
+    from inference.adapters.train import WEIGHTS_NAME, write_card
+
+    out = tmp_path / "tiny"
+    shutil.copytree(SHIPPED_DIR / "tiny", out)
+    weights = {p: p.read_bytes() for p in out.glob(f"*/{WEIGHTS_NAME}")}
+    result = CliRunner().invoke(cli, ["adapters", "refit-fusion", "--model", "tiny", "--out", str(out), "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    routing = load_routing(out)
+    for name, folder in routing.adapters.items():
+        card = read_card(folder)
+        fit = card["fusion"]["fit"]["news"]
+        assert len(card["fusion"]["news"]["bias"]) == 3, name
+        if name.startswith("direction-"):
+            assert fit["rows"] == card["data"]["test_examples"], name     # its own held-out part, all with news
+    assert routing.routes == trusted_routes(dict(routing.adapters))
+    assert {p: p.read_bytes() for p in out.glob(f"*/{WEIGHTS_NAME}")} == weights
+    card = read_card(out / "direction-all") | {"data": {"tape": "somewhere else"}}
+    write_card(out / "direction-all", json.loads(json.dumps(card)))
+    refused = CliRunner().invoke(cli, ["adapters", "refit-fusion", "--model", "tiny", "--out", str(out)])
+    assert refused.exit_code != 0 and "not trained on the default tape" in refused.output
