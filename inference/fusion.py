@@ -181,10 +181,11 @@ def mean_logloss(probs: np.ndarray, y: np.ndarray) -> float:
     return float(row_logloss(probs, y).mean())
 
 
-def fit_weights(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray, use_llm: bool = True,
+def fit_weights(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray, use_llm: bool = True, biases: bool = True,
                 l2: float = 1e-4) -> tuple[FusionWeights, float]:
     """The weights (w_numeric, w_llm >= 0, a bias per label) whose fused forecast has the least log-loss on
-    (numeric [N, L], llm [N, L], realised label index [N]), and that log-loss; `use_llm` False: w_llm = 0.
+    (numeric [N, L], llm [N, L], realised label index [N]), and that log-loss; `use_llm` False: w_llm = 0;
+    `biases` False: no biases (a numeric forecast alone then only changes its temperature, never its argmax).
 
     A stack: log p(d) = w_numeric log p_numeric(d) + w_llm log p_llm(d) + b_d, a conditional logit whose
     log-likelihood is concave in (w, b), so Newton's method finds its one optimum (a small `l2` keeps it
@@ -196,9 +197,11 @@ def fit_weights(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray, use_llm: bo
         raise ValueError("no rows to fit the fusion weights on")
     logs = [np.log(np.maximum(numeric, FLOOR)), np.log(np.maximum(llm, FLOOR))]
     labels = numeric.shape[1]
-    prior = [np.broadcast_to(np.eye(labels)[k], numeric.shape) for k in range(labels - 1)]   # last label: b = 0
+    prior = [np.broadcast_to(np.eye(labels)[k], numeric.shape) for k in range(labels - 1 if biases else 0)]
     free = [0, 1] if use_llm else [0]
     while True:
+        if not free and not prior:                       # nothing left to fit: the uniform forecast
+            return FusionWeights(0.0, 0.0), float(np.log(labels))
         features = np.stack([logs[w] for w in free] + prior, axis=-1)                       # [N, L, P]
         theta, loss = _conditional_logit(features, y, l2)
         negative = [w for w, value in zip(free, theta) if value < 0]
@@ -206,7 +209,7 @@ def fit_weights(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray, use_llm: bo
             break
         free.remove(negative[0])
     weights = dict(zip(free, theta[:len(free)].tolist()))
-    bias = tuple(theta[len(free):].tolist()) + (0.0,)
+    bias = tuple(theta[len(free):].tolist()) + (0.0,) * (labels - len(prior))   # the last label's b is 0
     return FusionWeights(weights.get(0, 0.0), weights.get(1, 0.0), bias), loss
 
 
@@ -245,21 +248,22 @@ def _conditional_logit(features: np.ndarray, y: np.ndarray, l2: float) -> tuple[
 
 def fit_discounted(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray, clusters: np.ndarray | None = None,
                    z: float = 2.0, min_rows: int = MIN_FIT_ROWS) -> tuple[FusionWeights, dict]:
-    """`fit_weights`, unless the LLM's part is not clearly worth it: the best fit with w_llm = 0 (the numeric
-    forecast and the label biases) instead when the best fit's log-loss gain over them is at most `z` standard errors (clustered by
-    `clusters` [N] when given: rows of one symbol and minute-block are not independent), or when there
-    are fewer than `min_rows` rows. Returns the weights and what the decision saw."""
+    """`fit_weights`, unless the LLM's part is not clearly worth it: the numeric forecast alone, only tempered
+    (w_llm = 0 and no biases, so its argmax and MCC stay), when the best fit's log-loss gain over the best
+    fit without the LLM (numeric and biases) is at most `z` standard errors (clustered by `clusters` [N]
+    when given: rows of one symbol and minute-block are not independent), or when there are fewer than
+    `min_rows` rows. Returns the weights and what the decision saw."""
     if y.size < min_rows:
         return NUMERIC_ONLY, {"rows": int(y.size), "trusted": False, "reason": f"fewer than {min_rows} rows"}
     best, best_loss = fit_weights(numeric, llm, y)
-    plain, plain_loss = fit_weights(numeric, llm, y, use_llm=False)
+    plain, _ = fit_weights(numeric, llm, y, use_llm=False)
     gain = row_logloss(fuse_arrays(numeric, llm, plain), y) - row_logloss(fuse_arrays(numeric, llm, best), y)
     se = _clustered_se(gain, np.arange(y.size) if clusters is None else clusters)
     trusted = best.llm > 0 and gain.mean() > z * se
-    return (best if trusted else plain), {"rows": int(y.size), "trusted": bool(trusted),
-                                          "gain": round(float(gain.mean()), 5), "gain_se": round(se, 5),
-                                          "logloss": round(best_loss if trusted else plain_loss, 5),
-                                          "best": _weights_json(best)}
+    if not trusted:     # the numeric forecast, only tempered: its ranking (and MCC) stays whole
+        best, best_loss = fit_weights(numeric, llm, y, use_llm=False, biases=False)
+    return best, {"rows": int(y.size), "trusted": bool(trusted), "gain": round(float(gain.mean()), 5),
+                  "gain_se": round(se, 5), "logloss": round(best_loss, 5), "best": _weights_json(best)}
 
 
 def _clustered_se(values: np.ndarray, clusters: np.ndarray) -> float:

@@ -89,11 +89,10 @@ def fit_fusion(trainer, cache, rows: Sequence[Example], fallback: dict | None = 
         weights, seen[side] = fit_discounted(numeric_array(part).reshape(-1, 3), llm, label_array(part),
                                              example_clusters(part))
         if seen[side]["rows"] < MIN_FIT_ROWS and fallback:
-            fitted[side] = fallback[side]
+            weights = AdapterFusion.from_json(fallback).weights(side == "news")
             seen[side]["inherited"] = True
-        else:
-            fitted[side] = {"numeric": weights.numeric, "llm": weights.llm}
-    return AdapterFusion.from_json(fitted).to_json() | {"fit": seen}
+        fitted[side] = weights
+    return AdapterFusion(fitted["news"], fitted["no_news"]).to_json() | {"fit": seen}
 
 
 def read_card_fusion(adapter_dir: str | None) -> dict | None:
@@ -141,7 +140,6 @@ def build_default_adapters(out: Path, log: Callable[[str], None], model: str | N
     sectors, then one per sector started from it; writes routing.json and returns adapter name -> folder.
     `train_every`: train on every n-th training example only (a larger model costs more per prompt; the
     held-out parts stay whole). `log` gets a line per adapter."""
-    from inference.adapters.shipped import Routing, write_routing
     from inference.adapters.train import InputCache, TrainConfig
 
     model_dir = _model_dir(model)

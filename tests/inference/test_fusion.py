@@ -154,7 +154,9 @@ def test_fit_discounted_keeps_an_informative_llm_and_drops_a_useless_one():
     kept, seen = fit_discounted(numeric, llm, y, clusters)
     assert seen["trusted"] and kept.llm >= 0.5 and seen["gain"] > 2 * seen["gain_se"]
     dropped, seen = fit_discounted(numeric, noise, y, clusters)
-    assert not seen["trusted"] and dropped.llm == 0.0
+    assert not seen["trusted"] and dropped.llm == 0.0 and dropped.bias == (0.0, 0.0, 0.0)
+    tempered = fuse_arrays(numeric, noise, dropped)                      # the numeric forecast's own ranking
+    assert (tempered.argmax(axis=1) == numeric.argmax(axis=1)).all()
     few, seen = fit_discounted(numeric[:20], llm[:20], y[:20])
     assert few == NUMERIC_ONLY and not seen["trusted"]
 

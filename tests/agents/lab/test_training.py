@@ -92,6 +92,9 @@ def test_refit_fusion_rewrites_each_cards_fit_on_its_held_out_part_and_the_routi
         card = read_card(folder)
         fit = card["fusion"]["fit"]["news"]
         assert len(card["fusion"]["news"]["bias"]) == 3, name
+        if fit["trusted"]:               # a stack fit: its biases are fitted too (an untrusted one has none)
+            assert any(b != 0 for b in card["fusion"]["news"]["bias"]), name
+            assert card["fusion"]["news"] == fit["best"], name
         if name.startswith("direction-"):
             assert fit["rows"] == card["data"]["test_examples"], name     # its own held-out part, all with news
     assert routing.routes == trusted_routes(dict(routing.adapters))
