@@ -78,17 +78,41 @@ def row_tiles(fn: Callable[..., torch.Tensor], *xs: torch.Tensor, key: tuple | N
     n = xs[0].shape[0]
     if n == 0:
         return fn(*xs)
-    rest = n % TILE_ROWS
-    fits = [t for t in (small_tiles(key, fn, *xs) if key and rest else ()) if t >= rest]
-    sizes = [TILE_ROWS] * (n // TILE_ROWS) + ([min(fits, default=TILE_ROWS)] if rest else [])
+    sizes = _tile_sizes(n, key, fn, xs)
     padded = [_pad_rows(x, sum(sizes)).split(sizes) for x in xs]
     return torch.cat([fn(*tile) for tile in zip(*padded)])[:n]
 
 
+def _tile_sizes(n: int, key: tuple | None, fn: Callable[..., torch.Tensor], xs: tuple[torch.Tensor, ...]) -> list[int]:
+    """The row tiles of `n` rows: full TILE_ROWS tiles, then (with `key`) the smallest probed-identical small
+    tile that holds the rest, or one more full tile."""
+    rest = n % TILE_ROWS
+    fits = [t for t in (small_tiles(key, fn, *xs) if key and rest else ()) if t >= rest]
+    return [TILE_ROWS] * (n // TILE_ROWS) + ([min(fits, default=TILE_ROWS)] if rest else [])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` over fixed row tiles."""
+    """`F.linear` over fixed row tiles, each product written straight into its rows of the result (a contiguous
+    row slice): no padded copy of the input nor concatenation of the outputs, only the last tile padded."""
     key = ("linear", weight.shape, weight.stride(), weight.dtype, bias is None)
-    return row_tiles(lambda t: F.linear(t, weight, bias), x, key=key)
+    w_t = weight.t()
+
+    def product(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        out = t.new_empty(t.shape[0], weight.shape[0]) if out is None else out
+        return torch.mm(t, w_t, out=out) if bias is None else torch.addmm(bias, t, w_t, out=out)
+
+    x, n = x.contiguous(), x.shape[0]
+    if n == 0:
+        return product(x)
+    y = x.new_empty(n, weight.shape[0])
+    start = 0
+    for size in _tile_sizes(n, key, product, (x,)):
+        if start + size <= n:
+            product(x[start:start + size], y[start:start + size])
+        else:                                            # the last tile: its rows padded to the tile
+            y[start:] = product(_pad_rows(x[start:], size))[:n - start]
+        start += size
+    return y
 
 
 def sgmv_tiled(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
