@@ -22,7 +22,7 @@ adapter on any market, even one where it only adds noise. So:
   but a better label prior than the adapter (which says "flat" for 55% of prompts where 25% are), and
   weights alone could borrow that prior only through the numeric's log-probabilities, which moved the
   LLM's argmax (MCC 0.122 -> 0.104 at the fitted 0.3 / 0.4); with biases the fit takes the prior from b
-  and weights the numeric 0.07 (MCC 0.126, log-loss 1.066 against 1.075).
+  and weights the numeric 0.06 (MCC 0.127, log-loss 1.066 against 1.075).
 - Prompts without news (`request.news_ids` empty) use the adapter's fitted no-news pair, and get LLM
   weight 0 where there is no fit (an adapter without a card's `fusion`, or too few held-out prompts
   without news to fit on: on the synthetic training tape every prompt has news, so the shipped cards'
