@@ -65,3 +65,33 @@ def test_a_query_size_that_computes_rows_differently_is_never_used(monkeypatch):
     monkeypatch.setattr(invariant, "_same_as_full_query", {})
     q, keys = torch.randn(1, 9, 64), torch.randn(3, 100, 64)
     assert invariant.compact_rows(1, 128, q, keys, 0.125) == invariant.QUERY_TILE
+
+
+def test_every_small_tile_the_probe_accepts_matches_the_full_tile_at_every_offset_on_fresh_rows():
+    """The real products of SmolLM2's shapes, in both CPU dtypes: rows drawn apart from the probe's, computed in
+    each accepted small tile at every 16-row offset of a full tile, come out bit-identical to the full tile's.
+    (A probe that compared only a tile's first and last rows accepted a bf16 tile on an AMX Xeon that differed
+    at inner offsets, at 2 threads: each thread takes its part of the tile's rows.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check_accepted_tiles_at_every_offset()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_accepted_tiles_at_every_offset() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        for features_in, features_out in ((576, 960), (576, 3072), (1536, 576)):
+            gen = torch.Generator().manual_seed(11)
+            weight = torch.randn(features_out, features_in, generator=gen).to(dtype)
+            x = torch.randn(invariant.TILE_ROWS, features_in, generator=gen).to(dtype)
+            full = invariant.linear(x, weight)
+            invariant.linear(x[:5], weight)                      # a step with a partial tile: the probe runs
+            key = ("linear", weight.shape, weight.stride(), weight.dtype, True, torch.get_num_threads())
+            accepted = invariant._same_as_full_tile[key]
+            assert dtype == torch.bfloat16 or accepted               # float32 keeps small tiles on every CPU seen
+            for tile in accepted:
+                for start in range(0, invariant.TILE_ROWS - tile + 1, 16):
+                    rows = invariant.linear(x[start:start + tile], weight)
+                    assert torch.equal(rows, full[start:start + tile]), (dtype, features_in, features_out, tile, start)
