@@ -71,7 +71,7 @@ def test_every_small_tile_the_probe_accepts_matches_the_full_tile_at_every_offse
     """The real products of SmolLM2's shapes, in both CPU dtypes: rows drawn apart from the probe's, computed in
     each accepted small tile at every 16-row offset of a full tile, come out bit-identical to the full tile's.
     (A probe that compared only a tile's first and last rows accepted a bf16 tile on an AMX Xeon that differed
-    at inner offsets, at 2 threads: each thread takes its part of the tile's rows.)"""
+    at inner offsets, at 2 threads.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
