@@ -68,6 +68,9 @@ class FusionWeights:
         if len(self.bias) != len(DIRECTIONS):
             raise ValueError(f"one fusion bias per label {DIRECTIONS}, got {self.bias}")
 
+    def to_json(self) -> dict:
+        return {"numeric": round(self.numeric, 6), "llm": round(self.llm, 6), "bias": [round(b, 6) for b in self.bias]}
+
     @classmethod
     def from_env(cls) -> FusionWeights:
         default = cls()
@@ -91,18 +94,13 @@ class AdapterFusion:
         return self.news if has_news else self.no_news
 
     def to_json(self) -> dict:
-        return {"news": _weights_json(self.news), "no_news": _weights_json(self.no_news)}
+        return {"news": self.news.to_json(), "no_news": self.no_news.to_json()}
 
     @classmethod
     def from_json(cls, raw: Mapping) -> AdapterFusion:
         return cls(*(FusionWeights(float(raw[k]["numeric"]), float(raw[k]["llm"]),
                                    tuple(float(b) for b in raw[k].get("bias", (0.0,) * len(DIRECTIONS))))
                      for k in ("news", "no_news")))
-
-
-def _weights_json(weights: FusionWeights) -> dict:
-    return {"numeric": round(weights.numeric, 6), "llm": round(weights.llm, 6),
-            "bias": [round(b, 6) for b in weights.bias]}
 
 
 def adapter_fusions(adapter_paths: Mapping[str, str | os.PathLike]) -> dict[str, AdapterFusion]:
@@ -263,7 +261,7 @@ def fit_discounted(numeric: np.ndarray, llm: np.ndarray, y: np.ndarray, clusters
     if not trusted:     # the numeric forecast, only tempered: its ranking (and MCC) stays whole
         best, best_loss = fit_weights(numeric, llm, y, use_llm=False, biases=False)
     return best, {"rows": int(y.size), "trusted": bool(trusted), "gain": round(float(gain.mean()), 5),
-                  "gain_se": round(se, 5), "logloss": round(best_loss, 5), "best": _weights_json(best)}
+                  "gain_se": round(se, 5), "logloss": round(best_loss, 5), "best": best.to_json()}
 
 
 def _clustered_se(values: np.ndarray, clusters: np.ndarray) -> float:

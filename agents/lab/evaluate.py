@@ -102,8 +102,7 @@ def fitted_weights(scorer: Scorer, train: Sequence[Example], opts: EvalOptions) 
     rows = list(train[::step])
     llm, _ = score_examples(scorer, rows, opts.batch_size)
     weights, loss = fit_weights(numeric_array(rows), llm, label_array(rows))
-    return weights, {"forecasts": len(rows), "logloss": loss, "numeric": weights.numeric, "llm": weights.llm,
-                     "bias": list(weights.bias)}
+    return weights, {"forecasts": len(rows), "logloss": loss} | weights.to_json()
 
 
 def fuse_by_policy(examples: Sequence[Example], numeric: np.ndarray, llm: np.ndarray,

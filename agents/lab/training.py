@@ -163,13 +163,12 @@ def build_default_adapters(out: Path, log: Callable[[str], None], model: str | N
 DEFAULT_TRAIN_TAPE_NAME = "synth_tape({symbols}, {minutes}, seed={seed})".format(**DEFAULT_TRAIN_TAPE)
 
 
-def _default_splits() -> dict[str, Split]:
+def _default_splits(tasks: tuple[str, ...] = ("sentiment", "direction")) -> dict[str, Split]:
     """The shipped adapters' examples per task, split by time: the last 20% of the default training tape held out."""
     cfg = AgentsConfig()
     tape = synth_tape(**DEFAULT_TRAIN_TAPE)
     requests = requests_from_tape(tape, cfg)
-    return {task: split_by_time(label_requests(tape, requests, cfg, task), 0.2, cfg.horizon_s)
-            for task in ("sentiment", "direction")}
+    return {task: split_by_time(label_requests(tape, requests, cfg, task), 0.2, cfg.horizon_s) for task in tasks}
 
 
 def _write_default_routing(out: Path, made: dict[str, Path]) -> None:
@@ -187,7 +186,7 @@ def refit_default_fusion(out: Path, log: Callable[[str], None], model: str | Non
     from inference.adapters.shipped import load_routing
     from inference.adapters.train import InputCache, LabelHeadTrainer, TrainConfig, write_card
 
-    model_dir, direction = _model_dir(model), _default_splits()["direction"]
+    model_dir, direction = _model_dir(model), _default_splits(("direction",))["direction"]
     made = dict(load_routing(out).adapters)
     cache = InputCache()
     for name, folder in made.items():
@@ -199,15 +198,11 @@ def refit_default_fusion(out: Path, log: Callable[[str], None], model: str | Non
         trainer = LabelHeadTrainer(model_dir, tcfg, folder)
         before = card.get("fusion")
         card["fusion"] = fit_fusion(trainer, cache, _sector(direction, tuple(card["data"]["symbols"])).test,
-                                    read_card_fusion(card.get("init_from")) if _exists(card.get("init_from")) else None)
+                                    read_card_fusion(card.get("init_from")))   # None where that folder is gone
         write_card(folder, card)
         log(f"{name}: fusion {_brief(before)} -> {_brief(card['fusion'])}")
     _write_default_routing(out, made)
     return made
-
-
-def _exists(path: str | None) -> bool:
-    return bool(path) and Path(path).is_dir()
 
 
 def _brief(fusion: dict | None) -> str:
